@@ -1,0 +1,1 @@
+"""Triton kernels for kfrontend, installed as ``kfrontend.kernels``."""
