@@ -1,0 +1,46 @@
+"""Test configuration.
+
+Without a GPU the Triton kernels run in the interpreter: ``TRITON_INTERPRET`` must be set before any
+``@triton.jit`` function is created, i.e. before ``kfrontend.kernels`` is imported, so it is set here.
+"""
+import os
+from pathlib import Path
+
+import pytest
+
+try:
+    import torch
+
+    _HAS_CUDA = torch.cuda.is_available()
+except Exception:  # pragma: no cover
+    _HAS_CUDA = False
+
+if not _HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED_DATA = SHARED / "data"
+TIMIT_SAMPLE = SHARED_DATA / "timit-sample"
+SPHERE_DIR = SHARED_DATA / "sphere"
+
+
+@pytest.fixture
+def timit_sample() -> Path:
+    """The real TIMIT sample in ``../shared/data`` (skipped cleanly where it is absent)."""
+    if not TIMIT_SAMPLE.is_dir():
+        pytest.skip(f"real TIMIT sample not found at {TIMIT_SAMPLE}")
+    return TIMIT_SAMPLE
+
+
+@pytest.fixture
+def sphere_dir() -> Path:
+    if not SPHERE_DIR.is_dir():
+        pytest.skip(f"NIST SPHERE sample not found at {SPHERE_DIR}")
+    return SPHERE_DIR
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords and not _HAS_CUDA:
+            item.add_marker(skip_cuda)
