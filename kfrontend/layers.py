@@ -76,6 +76,7 @@ class Butterfly(nn.Module):
         twiddle: torch.Tensor | None = None,
         backend: str = "auto",
         dtype: torch.dtype = torch.float32,
+        real_output: bool = False,
     ):
         super().__init__()
         for name, v in (("in_features", in_features), ("out_features", out_features), ("nblocks", nblocks)):
@@ -88,6 +89,8 @@ class Butterfly(nn.Module):
             raise ValueError(f"size must be a power of two >= max(2, in_features={in_features}), got {n}")
         self.in_features, self.out_features, self.size = in_features, out_features, n
         self.increasing_stride, self.backend = bool(increasing_stride), backend
+        # A complex K-matrix whose real part is the map (e.g. DCT = Re(diag * DFT)); output real.
+        self.real_output = bool(real_output)
         nstacks = math.ceil(out_features / n)
         shape = (nstacks, nblocks, n.bit_length() - 1, n // 2, 2, 2)
         if twiddle is None:
@@ -99,7 +102,7 @@ class Butterfly(nn.Module):
             )
         self.twiddle = nn.Parameter(twiddle.detach().clone())
         if bias:
-            bdtype = self.twiddle.dtype
+            bdtype = self.twiddle.real.dtype if self.real_output else self.twiddle.dtype
             self.bias = nn.Parameter(torch.zeros(out_features, dtype=bdtype))
         else:
             self.register_parameter("bias", None)
@@ -118,6 +121,8 @@ class Butterfly(nn.Module):
                 f"expected input of shape (..., {self.in_features}) (in_features), got {tuple(x.shape)}"
             )
         y = kmatrix_multiply(x, self.twiddle, self.out_features, self.increasing_stride, self.backend)
+        if self.real_output and y.is_complex():
+            y = y.real
         return y if self.bias is None else y + self.bias
 
     @torch.no_grad()
@@ -125,6 +130,8 @@ class Butterfly(nn.Module):
         """The exact (out_features, in_features) matrix W: ``forward(x) == x @ W.T + bias``."""
         eye = torch.eye(self.in_features, dtype=self.twiddle.dtype, device=self.twiddle.device)
         w = kmatrix_multiply(eye, self.twiddle, self.out_features, self.increasing_stride, "torch")
+        if self.real_output and w.is_complex():
+            w = w.real
         return w.transpose(0, 1).contiguous()
 
     def parameter_count(self) -> int:
@@ -148,7 +155,7 @@ class Butterfly(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, size={self.size}, "
             f"nblocks={self.nblocks}, increasing_stride={self.increasing_stride}, "
-            f"complex={self.is_complex}, bias={self.bias is not None}"
+            f"complex={self.is_complex}, real_output={self.real_output}, bias={self.bias is not None}"
         )
 
 

@@ -1,0 +1,480 @@
+"""Exact K-matrix constructions of the linear maps an audio front end uses.
+
+Every function returns a :class:`kfrontend.Butterfly` whose product of butterfly factors *is* the
+named transform (float64 error ~1e-15), so a learnable stage can start exactly where the hand-picked
+one is.  Building blocks (BACKGROUND.md section 2):
+
+* Radix-2 FFT: decimation in frequency (DIF) is a decreasing-stride butterfly taking natural order to
+  bit-reversed order; decimation in time (DIT) is an increasing-stride butterfly taking bit-reversed
+  order to natural order.
+* Any permutation is an increasing then a decreasing butterfly of 0/1 switches (Benes network,
+  routed by the looping algorithm).
+* Chirp-z / Bluestein: the first K outputs of a length-L DFT of n inputs are
+  ``W^{k^2/2} sum_m (x_m W^{m^2/2}) W^{-(k-m)^2/2}``: a diagonal, a Toeplitz matrix, a diagonal.  The
+  Toeplitz matrix embeds in a circulant of size M >= n + K - 1 (a power of two), and a circulant is
+  ``DIT^-1 diag(DIF h) DIF``: a decreasing then an increasing butterfly, with every diagonal folded
+  into the first or last factor.  So any-length DFT, the one-sided real DFT and the DCT-II are one
+  ``B* B`` pair each.
+* Mel filterbank: a decreasing butterfly copies every bin into both halves and spreads the copies, in
+  order, into aligned dyadic slots (one per filter and side), weights folded into its last factor; an
+  increasing butterfly sums each slot into its head, compacts the heads to 0..m-1 and adds the halves.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from kfrontend.functional import is_power_of_two, next_power_of_two
+from kfrontend.layers import Butterfly
+
+__all__ = [
+    "dft",
+    "dct",
+    "mel",
+    "hadamard",
+    "permutation",
+    "identity",
+    "widen",
+    "cost_table",
+]
+
+_CDTYPES = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+_RDTYPES = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+
+
+# ----------------------------------------------------------------------------------------------
+# Twiddle builders (numpy complex128 / float64; shape (log2 N, N/2, 2, 2) per butterfly)
+# ----------------------------------------------------------------------------------------------
+def _pair_index(p: int, s: int) -> int:
+    """Index of the pair (p, p+s) in a factor of stride s (see functional's conventions)."""
+    return (p // (2 * s)) * s + (p % s)
+
+
+def _stride(i: int, n: int, increasing: bool) -> int:
+    return 1 << i if increasing else n >> (i + 1)
+
+
+def _identity_twiddle(n: int, dtype=np.complex128) -> np.ndarray:
+    t = np.zeros((n.bit_length() - 1, n // 2, 2, 2), dtype=dtype)
+    t[..., 0, 0] = 1
+    t[..., 1, 1] = 1
+    return t
+
+
+def _fft_twiddle(n: int, increasing: bool, sign: int) -> np.ndarray:
+    """Radix-2 FFT factors with w = exp(sign * 2 pi i / size).
+
+    increasing=True: DIT, bit-reversed input -> natural output, block [[1, w^r], [1, -w^r]].
+    increasing=False: DIF, natural input -> bit-reversed output, block [[1, 1], [w^r, -w^r]].
+    """
+    log_n = n.bit_length() - 1
+    t = np.zeros((log_n, n // 2, 2, 2), dtype=np.complex128)
+    for i in range(log_n):
+        s = _stride(i, n, increasing)
+        r = np.arange(n // 2) % s  # pair j = g*s + r
+        w = np.exp(sign * 2j * np.pi * r / (2 * s))
+        if increasing:
+            t[i, :, 0, 0], t[i, :, 0, 1], t[i, :, 1, 0], t[i, :, 1, 1] = 1, w, 1, -w
+        else:
+            t[i, :, 0, 0], t[i, :, 0, 1], t[i, :, 1, 0], t[i, :, 1, 1] = 1, 1, w, -w
+    return t
+
+
+def _bit_reverse(n: int) -> np.ndarray:
+    bits = n.bit_length() - 1
+    idx = np.arange(n)
+    rev = np.zeros(n, dtype=np.int64)
+    for b in range(bits):
+        rev |= ((idx >> b) & 1) << (bits - 1 - b)
+    return rev
+
+
+def _fold_input_diag(first: np.ndarray, d: np.ndarray, n: int, increasing: bool) -> None:
+    """first = factor 0 of a butterfly (N/2, 2, 2); in place: factor @ diag(d)."""
+    s = _stride(0, n, increasing)
+    p = _pair_positions(n, s)
+    first[:, :, 0] *= d[p][:, None]
+    first[:, :, 1] *= d[p + s][:, None]
+
+
+def _fold_output_diag(last: np.ndarray, d: np.ndarray, n: int, increasing: bool) -> None:
+    """last = final factor of a butterfly; in place: diag(d) @ factor."""
+    s = _stride(n.bit_length() - 2, n, increasing)
+    p = _pair_positions(n, s)
+    last[:, 0, :] *= d[p][:, None]
+    last[:, 1, :] *= d[p + s][:, None]
+
+
+def _pair_positions(n: int, s: int) -> np.ndarray:
+    """p for pair j = 0..N/2-1 of a factor with stride s."""
+    j = np.arange(n // 2)
+    return (j // s) * (2 * s) + (j % s)
+
+
+def _benes_twiddle(perm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Route ``y[perm[i]] = x[i]`` through an increasing then a decreasing butterfly of switches.
+
+    Level b of the recursion owns stride 2**b: the increasing factor b splits each sub-network's
+    elements between its two halves (positions with bit b = 0 / 1), the decreasing factor L-1-b
+    merges them back; the looping algorithm 2-colours elements so that the two elements of every
+    input pair, and the two elements bound for every output pair, take different halves.  The
+    middle stride N/2 is switched by the increasing butterfly alone.
+    """
+    n = len(perm)
+    log_n = n.bit_length() - 1
+    inc = np.zeros((log_n, n // 2, 2, 2))
+    dec = _identity_twiddle(n, np.float64)
+    straight, cross = np.eye(2), np.array([[0.0, 1.0], [1.0, 0.0]])
+
+    def route(b: int, low: int, pi: np.ndarray) -> None:
+        m = len(pi)  # local positions u: global (u << b) | low
+        s = 1 << b
+        if m == 2:
+            inc[b, _pair_index(low, s)] = straight if pi[0] == 0 else cross
+            return
+        inv = np.empty(m, dtype=np.int64)
+        inv[pi] = np.arange(m)
+        color = -np.ones(m, dtype=np.int64)
+        for start in range(0, m, 2):
+            if color[start] >= 0:
+                continue
+            u, c = start, 0
+            while color[u] < 0:
+                color[u] = c
+                partner = inv[pi[u] ^ 1]  # shares u's output pair: other half
+                color[partner] = 1 - c
+                u, c = partner ^ 1, c  # shares partner's input pair: u's half again
+        for v in range(m // 2):
+            p = ((2 * v) << b) | low
+            inc[b, _pair_index(p, s)] = straight if color[2 * v] == 0 else cross
+        sub = [np.empty(m // 2, dtype=np.int64) for _ in range(2)]
+        for u in range(m):
+            sub[color[u]][u >> 1] = pi[u] >> 1
+            if color[u] == 0:  # element leaving half 0 at output pair w goes to pi[u]
+                w = pi[u] >> 1
+                p = ((2 * w) << b) | low
+                dec[log_n - 1 - b, _pair_index(p, s)] = straight if pi[u] & 1 == 0 else cross
+        route(b + 1, low, sub[0])
+        route(b + 1, low | s, sub[1])
+
+    route(0, 0, np.asarray(perm, dtype=np.int64))
+    return inc, dec
+
+
+def _chirp_z_twiddle(n: int, k_out: int, length: int, sign: int, out_scale: np.ndarray) -> np.ndarray:
+    """Twiddles (2, log2 M, M/2, 2, 2), decreasing then increasing, of
+    ``y_k = out_scale_k * sum_{m<n} x_m exp(sign 2 pi i k m / length)`` for k < k_out."""
+    size = max(2, next_power_of_two(n + k_out - 1))
+
+    def chirp(idx: np.ndarray) -> np.ndarray:
+        # exp(sign * i pi idx^2 / length) with idx^2 reduced mod 2*length in exact integers.
+        q = (idx.astype(np.int64) ** 2) % (2 * length)
+        return np.exp(sign * 1j * np.pi * q / length)
+
+    a = np.zeros(size, dtype=np.complex128)
+    a[:n] = chirp(np.arange(n))
+    h = np.zeros(size, dtype=np.complex128)
+    lags = np.arange(-(n - 1), k_out)
+    h[lags % size] = np.conj(chirp(lags))
+    h_hat = np.fft.fft(h)[_bit_reverse(size)]  # DIF output order
+    out = np.ones(size, dtype=np.complex128)
+    out[:k_out] = chirp(np.arange(k_out)) * out_scale / size
+
+    dif = _fft_twiddle(size, increasing=False, sign=-1)
+    _fold_input_diag(dif[0], a, size, increasing=False)
+    _fold_output_diag(dif[-1], h_hat, size, increasing=False)
+    dit = _fft_twiddle(size, increasing=True, sign=+1)
+    _fold_output_diag(dit[-1], out, size, increasing=True)
+    return np.stack((dif, dit))
+
+
+def _to_torch(t: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(t))
+    if dtype.is_complex:
+        return x.to(torch.complex128).to(dtype)
+    if np.iscomplexobj(t):
+        if np.abs(t.imag).max(initial=0.0) > 0:
+            raise AssertionError("internal: real construction produced complex twiddles")
+        x = torch.from_numpy(np.ascontiguousarray(t.real))
+    return x.to(dtype)
+
+
+def _check_size(name: str, n) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"{name} must be >= 1, got {n}")
+    return int(n)
+
+
+def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
+    if dtype in _CDTYPES:
+        return dtype
+    if dtype in _RDTYPES:
+        return _RDTYPES[dtype]
+    raise TypeError(f"dtype must be a float or complex torch dtype, got {dtype}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Public constructions
+# ----------------------------------------------------------------------------------------------
+def dft(n: int, *, inverse: bool = False, onesided: bool = False, dtype=torch.complex64) -> Butterfly:
+    """Length-n DFT as a complex K-matrix: equals ``torch.fft.fft`` (``ifft`` with ``inverse``,
+    ``rfft`` with ``onesided``: n // 2 + 1 outputs), norm="backward", for real or complex input.
+
+    Powers of two: bit reversal (Benes: increasing + decreasing butterfly) then radix-2 DIT
+    (increasing): 3 butterflies of size n.  Other n: chirp-z (Bluestein), 2 butterflies of size
+    ``next_pow2(n + outputs - 1)``.
+    """
+    n = _check_size("n", n)
+    cdtype = _complex_dtype(dtype)
+    k_out = n // 2 + 1 if onesided else n
+    sign = 1 if inverse else -1
+    scale = 1.0 / n if inverse else 1.0
+    if n >= 2 and is_power_of_two(n):
+        inc, dec = _benes_twiddle(_bit_reverse(n))
+        dit = _fft_twiddle(n, increasing=True, sign=sign)
+        if scale != 1.0:
+            _fold_output_diag(dit[-1], np.full(n, scale), n, increasing=True)
+        tw = np.stack((inc.astype(np.complex128), dec.astype(np.complex128), dit))
+        return Butterfly(n, k_out, nblocks=3, increasing_stride=True, twiddle=_to_torch(tw, cdtype)[None])
+    tw = _chirp_z_twiddle(n, k_out, n, sign, np.full(k_out, scale, dtype=np.complex128))
+    size = tw.shape[-3] * 2
+    return Butterfly(n, k_out, nblocks=2, size=size, increasing_stride=False, twiddle=_to_torch(tw, cdtype)[None])
+
+
+def dct(n_in: int, n_out: int | None = None, *, norm: str | None = "ortho", dtype=torch.float32) -> Butterfly:
+    """DCT-II from n_in inputs to the first n_out coefficients, equal to
+    ``x @ torchaudio.functional.create_dct(n_out, n_in, norm)``.
+
+    ``y_k = c_k Re(exp(-i pi k / 2n) sum_m x_m exp(-2 pi i k m / 2n))``: a chirp-z transform of length
+    2n with the phase and scale folded into its last factor; the module returns the real part.
+    """
+    n_in = _check_size("n_in", n_in)
+    n_out = n_in if n_out is None else _check_size("n_out", n_out)
+    if n_out > n_in:
+        raise ValueError(f"n_out ({n_out}) must be <= n_in ({n_in})")
+    if norm not in ("ortho", None):
+        raise ValueError(f"norm must be 'ortho' or None, got {norm!r}")
+    if dtype not in _RDTYPES:
+        raise TypeError(f"dtype must be torch.float32 or torch.float64 (the output is real), got {dtype}")
+    k = np.arange(n_out)
+    if norm is None:
+        c = np.full(n_out, 2.0)
+    else:
+        c = np.full(n_out, math.sqrt(2.0 / n_in))
+        c[0] /= math.sqrt(2.0)
+    out_scale = c * np.exp(-1j * np.pi * k / (2 * n_in))
+    tw = _chirp_z_twiddle(n_in, n_out, 2 * n_in, -1, out_scale)
+    size = tw.shape[-3] * 2
+    return Butterfly(
+        n_in, n_out, nblocks=2, size=size, increasing_stride=False,
+        twiddle=_to_torch(tw, _RDTYPES[dtype])[None], real_output=True,
+    )
+
+
+def hadamard(n: int, *, normalized: bool = False, dtype=torch.float32) -> Butterfly:
+    """Sylvester Hadamard matrix of size n (a power of two), as ``scipy.linalg.hadamard(n)``
+    (divided by sqrt(n) when ``normalized``): one butterfly with every block [[1, 1], [1, -1]]."""
+    n = _check_size("n", n)
+    if n < 2 or not is_power_of_two(n):
+        raise ValueError(f"n must be a power of two >= 2 for a Hadamard matrix, got {n}")
+    t = np.zeros((1, n.bit_length() - 1, n // 2, 2, 2))
+    t[..., 0, 0], t[..., 0, 1], t[..., 1, 0], t[..., 1, 1] = 1, 1, 1, -1
+    if normalized:
+        t *= 1 / math.sqrt(2)
+    return Butterfly(n, n, twiddle=_to_torch(t, dtype)[None])
+
+
+def permutation(perm: Sequence[int] | torch.Tensor, *, dtype=torch.float32) -> Butterfly:
+    """The permutation ``y[i] = x[perm[i]]`` (as ``x[..., perm]``) for any length, as an increasing
+    then a decreasing butterfly of 0/1 switches (Benes network).  Non-power-of-two lengths are
+    padded with fixed points."""
+    p = np.asarray(perm.tolist() if isinstance(perm, torch.Tensor) else list(perm), dtype=np.int64)
+    if p.ndim != 1 or len(p) < 1:
+        raise ValueError(f"perm must be a non-empty 1-D sequence of indices, got shape {p.shape}")
+    n = len(p)
+    if not np.array_equal(np.sort(p), np.arange(n)):
+        raise ValueError(f"perm must be a permutation of 0..{n - 1}")
+    size = max(2, next_power_of_two(n))
+    dest = np.arange(size)
+    dest[p] = np.arange(n)  # x[perm[i]] goes to position i
+    inc, dec = _benes_twiddle(dest)
+    tw = np.stack((inc, dec))
+    return Butterfly(n, n, nblocks=2, size=size, increasing_stride=True, twiddle=_to_torch(tw, dtype)[None])
+
+
+def identity(n: int, *, complex: bool = False, dtype=torch.float32) -> Butterfly:
+    """The n x n identity as one butterfly of identity blocks."""
+    n = _check_size("n", n)
+    size = max(2, next_power_of_two(n))
+    tw = _identity_twiddle(size, np.float64)[None, None]
+    return Butterfly(n, n, size=size, twiddle=_to_torch(tw, _RDTYPES[dtype] if complex else dtype))
+
+
+def widen(module: Butterfly, extra_pairs: int) -> Butterfly:
+    """A copy of ``module`` with ``extra_pairs`` more B B* pairs, initialised to the identity, so the
+    product (and every output) is unchanged while the layer gains capacity."""
+    if not isinstance(module, Butterfly):
+        raise TypeError(f"module must be a kfrontend.Butterfly, got {type(module).__name__}")
+    if not isinstance(extra_pairs, int) or extra_pairs < 0:
+        raise ValueError(f"extra_pairs must be an int >= 0, got {extra_pairs!r}")
+    tw = module.twiddle.detach()
+    ident = torch.zeros(tw.shape[:1] + (2 * extra_pairs,) + tw.shape[2:], dtype=tw.dtype, device=tw.device)
+    ident[..., 0, 0] = 1
+    ident[..., 1, 1] = 1
+    new = Butterfly(
+        module.in_features, module.out_features, bias=module.bias is not None,
+        increasing_stride=module.increasing_stride, size=module.size,
+        twiddle=torch.cat((tw, ident), dim=1), backend=module.backend, real_output=module.real_output,
+    )
+    if module.bias is not None:
+        with torch.no_grad():
+            new.bias.copy_(module.bias)
+    return new
+
+
+# ----------------------------------------------------------------------------------------------
+# Mel filterbank
+# ----------------------------------------------------------------------------------------------
+def _route(elements, n: int, increasing: bool, key: str) -> np.ndarray:
+    """0/1 routing twiddles (log2 N, N/2, 2, 2) moving each (src, dst, weight) element through one
+    butterfly; the weight is folded into the last factor.
+
+    Decreasing order fixes destination bits from the top down, increasing order from the bottom up;
+    a position may hold several elements only if they carry the same value: the same source for a
+    spread (``key="src"``, copies of one input), the same destination for a gather (``key="dst"``,
+    partial sums being merged).  Any other collision is a routing conflict and raises.
+    """
+    log_n = n.bit_length() - 1
+    t = np.zeros((log_n, n // 2, 2, 2))
+    src = np.array([e[0] for e in elements], dtype=np.int64)
+    dst = np.array([e[1] for e in elements], dtype=np.int64)
+    weight = np.array([e[2] for e in elements], dtype=np.float64)
+    for i in range(log_n):
+        bit = log_n - 1 - i if not increasing else i
+        s = 1 << bit
+        if increasing:
+            before = ((src >> bit) << bit) | (dst & (s - 1))
+            after = ((src >> (bit + 1)) << (bit + 1)) | (dst & (2 * s - 1))
+        else:
+            before = ((dst >> (bit + 1)) << (bit + 1)) | (src & (2 * s - 1))
+            after = ((dst >> bit) << bit) | (src & (s - 1))
+        ident = dst if key == "dst" or i == log_n - 1 else src
+        pairs = np.unique(np.stack((after, ident)), axis=1)
+        if len(np.unique(pairs[0])) != pairs.shape[1]:
+            raise AssertionError(f"internal routing conflict in factor {i}")
+        p = before & ~s
+        j = (p // (2 * s)) * s + (p % s)
+        value = weight if i == log_n - 1 else 1.0
+        t[i, j, ((after & s) > 0).astype(np.int64), ((before & s) > 0).astype(np.int64)] = value
+    return t
+
+
+def _mel_sides(fb: np.ndarray) -> list[tuple[int, int, int]]:
+    """Per filter j: (a, split, b) so that bins [a, split) are its lower side and [split, b] its upper
+    side, with lower sides disjoint and ordered across filters, and upper sides likewise."""
+    n_freqs, n_mels = fb.shape
+    nz = fb != 0
+    sides = []
+    prev_end = -1  # last bin of the previous non-empty filter
+    prev_start = -1
+    for j in range(n_mels):
+        bins = np.flatnonzero(nz[:, j])
+        if len(bins) == 0:
+            sides.append((0, 0, -1))
+            continue
+        a, b = int(bins[0]), int(bins[-1])
+        # Overlap with the previous filter goes to this filter's lower side and the previous one's
+        # upper side; everything else to the upper side.
+        split = max(a, prev_end + 1)
+        if a < prev_start or b < prev_end or split > b + 1:
+            raise ValueError(
+                f"fb: filter {j} (bins {a}..{b}) is not ordered after the previous filter "
+                f"(bins {prev_start}..{prev_end}); mel() needs triangular filters in increasing order"
+            )
+        sides.append((a, split, b))
+        prev_start, prev_end = a, b
+    # Each bin may lie in at most two filters, consecutive ones: a filter must not reach the one after
+    # its (non-empty) neighbour, or a bin would need two lower (or two upper) sides.
+    nonempty = [j for j in range(n_mels) if sides[j][2] >= 0]
+    for j, k in zip(nonempty, nonempty[2:]):
+        if sides[j][2] >= sides[k][0]:
+            raise ValueError(
+                f"fb: filters {j} and {k} overlap (bins {sides[j][0]}..{sides[j][2]} and "
+                f"{sides[k][0]}..{sides[k][2]}); mel() needs each bin in at most two adjacent filters"
+            )
+    return sides
+
+
+def _place_slots(ranges: list[tuple[int, int]]) -> tuple[list[int], list[int], int]:
+    """Aligned power-of-two slots, in filter order, for source ranges [lo, hi) (possibly empty),
+    keeping destination - source non-decreasing so one decreasing butterfly can spread them.
+    Returns slot starts, sizes and the end of the last slot."""
+    starts, sizes = [], []
+    end, offset = 0, -(10**9)
+    for lo, hi in ranges:
+        size = next_power_of_two(max(1, hi - lo))
+        start = end if hi <= lo else max(end, lo + offset)
+        start = -(-start // size) * size  # align up
+        if hi > lo:
+            offset = start - lo
+        starts.append(start)
+        sizes.append(size)
+        end = start + size
+    return starts, sizes, end
+
+
+def mel(fb, *, dtype=torch.float32) -> Butterfly:
+    """A filterbank ``fb`` (n_freqs, n_mels) -- torchaudio's ``melscale_fbanks`` layout; pass
+    ``librosa.filters.mel(...).T`` or Kaldi's ``get_mel_banks(...)[0].T`` (padded to n_freqs) -- as a
+    real K-matrix with ``module(x) == x @ fb`` exactly.
+
+    Works for banks whose filters are in increasing order and each bin is nonzero in at most two
+    adjacent filters (triangles on any mel scale, any norm).  Two butterflies of size N = 2H, H the
+    power of two holding the bins and the slots: a decreasing one (copy bins to both halves, spread
+    each copy into per-filter slots for its lower / upper side, weights in the last factor) and an
+    increasing one (sum each slot, compact slot heads to 0..n_mels-1, add the halves).
+    """
+    if isinstance(fb, torch.Tensor):
+        fb_np = fb.detach().cpu().double().numpy()
+    else:
+        fb_np = np.asarray(fb, dtype=np.float64)
+    if fb_np.ndim != 2 or min(fb_np.shape) < 1:
+        raise ValueError(f"fb must be a 2-D (n_freqs, n_mels) filterbank, got shape {fb_np.shape}")
+    if not np.all(np.isfinite(fb_np)):
+        raise ValueError("fb must be finite")
+    n_freqs, n_mels = fb_np.shape
+    sides = _mel_sides(fb_np)
+    lo_starts, lo_sizes, lo_end = _place_slots([(a, s) for a, s, b in sides])
+    up_starts, up_sizes, up_end = _place_slots([(s, b + 1) for a, s, b in sides])
+    half = next_power_of_two(max(n_freqs, lo_end, up_end, n_mels, 1))
+    n = 2 * half
+
+    spread, gather = [], []
+    for j, (a, split, b) in enumerate(sides):
+        for k in range(a, split):  # lower side -> lower half
+            spread.append((k, lo_starts[j] + k - a, fb_np[k, j]))
+        for k in range(split, b + 1):  # upper side -> upper half
+            spread.append((k, half + up_starts[j] + k - split, fb_np[k, j]))
+        for q in range(lo_sizes[j]):
+            gather.append((lo_starts[j] + q, j, 1.0))
+        for q in range(up_sizes[j]):
+            gather.append((half + up_starts[j] + q, j, 1.0))
+    tw = np.stack((_route(spread, n, increasing=False, key="src"), _route(gather, n, increasing=True, key="dst")))
+    return Butterfly(n_freqs, n_mels, nblocks=2, size=n, increasing_stride=False, twiddle=_to_torch(tw, dtype)[None])
+
+
+def cost_table(modules: dict[str, Butterfly]) -> str:
+    """A text table of parameters and multiply FLOPs of K-matrix modules beside their dense matrices."""
+    rows = ["| stage | in | out | N | butterflies | params (K) | params (dense) | FLOPs (K) | FLOPs (dense) |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for name, m in modules.items():
+        rows.append(
+            f"| {name} | {m.in_features} | {m.out_features} | {m.size} | {m.nblocks} | {m.parameter_count():,} "
+            f"| {m.dense_parameter_count():,} | {m.flops():,} | {m.dense_flops():,} |"
+        )
+    return "\n".join(rows)

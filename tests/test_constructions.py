@@ -1,0 +1,192 @@
+"""Exact constructions against independent references (torch.fft, scipy, torchaudio, librosa).
+
+Tolerances (BACKGROUND / issue 2): float64 max error <= 1e-9 relative to the largest entry of the
+reference, float32 <= 1e-4.
+"""
+import numpy as np
+import pytest
+import scipy.fft
+import scipy.linalg
+import torch
+import torchaudio
+
+from kfrontend import constructions as C
+
+TOL = {torch.float64: 1e-9, torch.float32: 1e-4}
+CTYPE = {torch.float64: torch.complex128, torch.float32: torch.complex64}
+# Sizes: small, powers of two, the front-end sizes (400, 201, 23, 40, 80, 128), and a random sample.
+_rng = np.random.default_rng(1234)
+SIZES = sorted({1, 2, 3, 4, 5, 7, 16, 23, 40, 64, 80, 128, 201, 256, 400, 512, 1000, 4096}
+               | set(int(v) for v in _rng.integers(2, 4097, size=6)))
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((got - ref).abs().max() / ref.abs().max()).item()
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("real_dtype", [torch.float64, torch.float32])
+def test_dft_matches_torch_fft(n, real_dtype):
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(3, n, dtype=CTYPE[real_dtype], generator=g)
+    xr = torch.randn(2, 3, n, dtype=real_dtype, generator=g)
+    cd = CTYPE[real_dtype]
+    assert rel_err(C.dft(n, dtype=cd)(x), torch.fft.fft(x.to(torch.complex128))) <= TOL[real_dtype]
+    assert rel_err(C.dft(n, inverse=True, dtype=cd)(x), torch.fft.ifft(x.to(torch.complex128))) <= TOL[real_dtype]
+    rfft = C.dft(n, onesided=True, dtype=cd)
+    assert rfft.out_features == n // 2 + 1
+    assert rel_err(rfft(xr), torch.fft.rfft(xr.double())) <= TOL[real_dtype]
+
+
+def test_dft_uses_radix2_for_powers_of_two_and_bluestein_otherwise():
+    m512 = C.dft(512, onesided=True)
+    assert (m512.size, m512.nblocks) == (512, 3)  # Benes bit reversal (2) + DIT (1)
+    m400 = C.dft(400, onesided=True)
+    assert (m400.size, m400.nblocks) == (1024, 2)  # chirp-z: circulant of size >= 400 + 201 - 1
+    # O(N log N): parameters grow like N log N, far below the dense matrix at large n.
+    m4096 = C.dft(4096)
+    assert m4096.parameter_count() < m4096.dense_parameter_count() / 50
+
+
+@pytest.mark.parametrize("n_in,n_out", [(1, 1), (2, 2), (13, 13), (23, 23), (40, 13), (40, 40),
+                                        (64, 20), (80, 40), (80, 80), (128, 40), (128, 128), (257, 30)])
+@pytest.mark.parametrize("norm", ["ortho", None])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_dct_matches_scipy_and_torchaudio(n_in, n_out, norm, dtype):
+    x = torch.randn(4, n_in, dtype=torch.float64, generator=torch.Generator().manual_seed(n_in))
+    m = C.dct(n_in, n_out, norm=norm, dtype=dtype)
+    y = m(x.to(dtype))
+    assert y.dtype == dtype and y.shape == (4, n_out)
+    ref = torch.from_numpy(scipy.fft.dct(x.numpy(), type=2, norm=norm, axis=-1)[:, :n_out])
+    assert rel_err(y, ref) <= TOL[dtype]
+    # torchaudio builds create_dct in float32, so it agrees to float32 precision only.
+    ta = x.float() @ torchaudio.functional.create_dct(n_out, n_in, norm)
+    assert rel_err(y.float(), ta) <= 1e-4
+
+
+MEL_CASES = [
+    # (sample_rate, n_fft, n_mels, f_min, f_max, norm, mel_scale)
+    (16000, 400, 40, 0.0, None, None, "htk"),
+    (16000, 512, 40, 20.0, 7600.0, "slaney", "slaney"),
+    (16000, 512, 80, 0.0, None, None, "slaney"),
+    (16000, 1024, 128, 0.0, None, "slaney", "htk"),
+    (8000, 256, 23, 64.0, 3800.0, None, "htk"),
+    (16000, 400, 128, 0.0, 8000.0, None, "htk"),  # some empty filters
+    (22050, 2048, 128, 0.0, None, "slaney", "slaney"),
+    (16000, 256, 64, 300.0, 5000.0, None, "htk"),
+]
+
+
+@pytest.mark.filterwarnings("ignore:At least one mel filterbank has all zero values")
+@pytest.mark.parametrize("sr,n_fft,n_mels,f_min,f_max,norm,scale", MEL_CASES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_mel_matches_torchaudio(sr, n_fft, n_mels, f_min, f_max, norm, scale, dtype):
+    n_freqs = n_fft // 2 + 1
+    fb = torchaudio.functional.melscale_fbanks(n_freqs, f_min, f_max or sr / 2, n_mels, sr, norm, scale).double()
+    m = C.mel(fb, dtype=dtype)
+    x = torch.rand(5, n_freqs, dtype=torch.float64, generator=torch.Generator().manual_seed(n_mels))
+    assert rel_err(m(x.to(dtype)), x @ fb) <= TOL[dtype]
+    assert rel_err(m.to_dense().double(), fb.T) <= TOL[dtype]
+    # Cost is O(N log N): two butterflies of size N = 2H.
+    assert m.nblocks == 2 and m.size <= 4 * 2 ** int(np.ceil(np.log2(n_freqs)))
+
+
+@pytest.mark.parametrize("sr,n_fft,n_mels,fmin,fmax,htk,norm", [
+    (16000, 512, 40, 0.0, None, False, "slaney"),
+    (16000, 2048, 128, 0.0, None, False, "slaney"),
+    (22050, 1024, 64, 50.0, 8000.0, True, None),
+])
+def test_mel_matches_librosa(sr, n_fft, n_mels, fmin, fmax, htk, norm):
+    librosa = pytest.importorskip("librosa")
+    fb = torch.from_numpy(librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax,
+                                              htk=htk, norm=norm, dtype=np.float64)).T
+    m = C.mel(fb, dtype=torch.float64)
+    x = torch.rand(3, fb.shape[0], dtype=torch.float64)
+    assert rel_err(m(x), x @ fb) <= 1e-9
+
+
+@pytest.mark.parametrize("num_bins,window_size,low,high", [(23, 512, 20.0, 0.0), (40, 512, 20.0, 0.0),
+                                                           (80, 512, 20.0, -400.0), (40, 1024, 64.0, 7000.0)])
+def test_mel_matches_kaldi(num_bins, window_size, low, high):
+    from torchaudio.compliance.kaldi import get_mel_banks
+
+    banks, _ = get_mel_banks(num_bins, window_size, 16000.0, low, high, 100.0, -500.0, 1.0)
+    fb = torch.nn.functional.pad(banks, (0, 1)).T.double()  # Kaldi drops the Nyquist bin: pad it back
+    m = C.mel(fb, dtype=torch.float64)
+    x = torch.rand(3, fb.shape[0], dtype=torch.float64)
+    assert rel_err(m(x), x @ fb) <= 1e-9
+
+
+def test_mel_parameter_count_for_257_bins_40_filters():
+    fb = torchaudio.functional.melscale_fbanks(257, 0.0, 8000.0, 40, 16000)
+    m = C.mel(fb)
+    # Two real butterflies of size 1024: 2 * 10 * 512 * 4 parameters.
+    assert (m.size, m.parameter_count()) == (1024, 40960)
+    assert m.dense_parameter_count() == 257 * 40
+
+
+def test_mel_rejects_non_triangular_banks():
+    fb = torch.rand(20, 5)  # every bin in every filter
+    with pytest.raises(ValueError, match="fb"):
+        C.mel(fb)
+    with pytest.raises(ValueError, match="fb must be a 2-D"):
+        C.mel(torch.rand(5))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 16, 100, 512, 1000])
+def test_permutation_is_exact(n):
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(n))
+    m = C.permutation(perm, dtype=torch.float64)
+    x = torch.randn(2, n, dtype=torch.float64)
+    assert torch.equal(m(x), x[:, perm])
+    assert m.nblocks == 2
+
+
+def test_permutation_rejects_non_permutations():
+    with pytest.raises(ValueError, match="perm must be a permutation"):
+        C.permutation([0, 0, 1])
+
+
+@pytest.mark.parametrize("n", [2, 8, 64, 1024])
+def test_hadamard_matches_scipy(n):
+    ref = torch.from_numpy(scipy.linalg.hadamard(n)).double()
+    assert torch.equal(C.hadamard(n, dtype=torch.float64).to_dense(), ref)
+    assert rel_err(C.hadamard(n, normalized=True, dtype=torch.float64).to_dense(), ref / n**0.5) <= 1e-12
+    with pytest.raises(ValueError, match="power of two"):
+        C.hadamard(n + 1 if n > 2 else 3)
+
+
+@pytest.mark.parametrize("n", [1, 5, 64])
+def test_identity(n):
+    assert torch.equal(C.identity(n, dtype=torch.float64).to_dense(), torch.eye(n, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("make", [lambda: C.dft(400, onesided=True, dtype=torch.complex128),
+                                  lambda: C.dct(40, 13, dtype=torch.float64),
+                                  lambda: C.mel(torchaudio.functional.melscale_fbanks(201, 0, 8000, 40, 16000).double(),
+                                                dtype=torch.float64)])
+def test_widen_keeps_the_map_exact_and_adds_parameters(make):
+    m = make()
+    w = C.widen(m, 2)
+    assert w.nblocks == m.nblocks + 4 and w.parameter_count() > m.parameter_count()
+    x = torch.randn(3, m.in_features, dtype=torch.float64)
+    assert rel_err(w(x), m(x)) <= 1e-12
+    # The extra pairs are trainable: a gradient reaches them.
+    w(x).abs().sum().backward()
+    assert w.twiddle.grad[:, m.nblocks:].abs().sum() > 0
+
+
+def test_bad_sizes_are_refused():
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        C.dft(0)
+    with pytest.raises(TypeError, match="n must be an int"):
+        C.dft(4.0)
+    with pytest.raises(ValueError, match="n_out"):
+        C.dct(10, 20)
+    with pytest.raises(ValueError, match="norm"):
+        C.dct(10, 5, norm="slaney")
+
+
+def test_cost_table_lists_parameters_and_flops():
+    table = C.cost_table({"dft": C.dft(400, onesided=True), "dct": C.dct(40, 13)})
+    assert "| dft | 400 | 201 | 1024 | 2 |" in table and "| dct | 40 | 13 | 64 | 2 |" in table
