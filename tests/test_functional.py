@@ -1,0 +1,110 @@
+"""The reference butterfly multiply against an independent dense construction, autograd, errors."""
+import numpy as np
+import pytest
+import torch
+
+from kfrontend.functional import butterfly_multiply, butterfly_multiply_reference, kmatrix_multiply
+
+
+def dense_factor(t: np.ndarray, n: int, stride: int) -> np.ndarray:
+    """N x N matrix of one factor, written straight from the documented convention."""
+    m = np.zeros((n, n), dtype=t.dtype)
+    j = 0
+    for p in range(n):
+        if p & stride:
+            continue
+        m[p, p], m[p, p + stride] = t[j, 0, 0], t[j, 0, 1]
+        m[p + stride, p], m[p + stride, p + stride] = t[j, 1, 0], t[j, 1, 1]
+        j += 1
+    return m
+
+
+def dense_product(tw: np.ndarray, increasing_stride: bool) -> np.ndarray:
+    nblocks, log_n, half = tw.shape[:3]
+    n = 2 * half
+    m = np.eye(n, dtype=tw.dtype)
+    for b in range(nblocks):
+        inc = increasing_stride if b % 2 == 0 else not increasing_stride
+        for i in range(log_n):
+            stride = 2**i if inc else n // 2 ** (i + 1)
+            m = dense_factor(tw[b, i], n, stride) @ m
+    return m
+
+
+@pytest.mark.parametrize("n", [2, 4, 8, 32, 128])
+@pytest.mark.parametrize("nblocks", [1, 2, 3])
+@pytest.mark.parametrize("increasing", [True, False])
+@pytest.mark.parametrize("complex_", [False, True])
+def test_reference_matches_dense_factors(n, nblocks, increasing, complex_):
+    g = torch.Generator().manual_seed(n * 10 + nblocks)
+    dtype = torch.complex128 if complex_ else torch.float64
+    tw = torch.randn(nblocks, n.bit_length() - 1, n // 2, 2, 2, dtype=dtype, generator=g)
+    x = torch.randn(5, n, dtype=dtype, generator=g)
+    ref = x.numpy() @ dense_product(tw.numpy(), increasing).T
+    got = butterfly_multiply(x, tw, increasing, backend="torch")
+    np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-12 * np.abs(ref).max())
+
+
+def test_real_input_complex_twiddle_promotes_and_leading_dims_are_kept():
+    tw = torch.randn(2, 3, 4, 2, 2, dtype=torch.complex128)
+    x = torch.randn(2, 3, 4, 8, dtype=torch.float64)
+    y = butterfly_multiply(x, tw, backend="torch")
+    assert y.shape == x.shape and y.dtype == torch.complex128
+    ref = x.reshape(-1, 8).to(torch.complex128).numpy() @ dense_product(tw.numpy(), True).T
+    np.testing.assert_allclose(y.reshape(-1, 8).numpy(), ref, atol=1e-12)
+
+
+def test_non_contiguous_input():
+    tw = torch.randn(1, 4, 8, 2, 2, dtype=torch.float64)
+    base = torch.randn(16, 6, dtype=torch.float64)
+    x = base.t()[:, :]  # (6, 16), non-contiguous
+    assert not x.is_contiguous()
+    torch.testing.assert_close(butterfly_multiply(x, tw, backend="torch"),
+                               butterfly_multiply(x.contiguous(), tw, backend="torch"))
+
+
+@pytest.mark.parametrize("complex_", [False, True])
+@pytest.mark.parametrize("increasing", [True, False])
+def test_gradcheck_input_and_twiddle(complex_, increasing):
+    dtype = torch.complex128 if complex_ else torch.float64
+    tw = torch.randn(2, 3, 4, 2, 2, dtype=dtype, requires_grad=True)
+    x = torch.randn(3, 8, dtype=dtype, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: butterfly_multiply_reference(a, b, increasing), (x, tw))
+
+
+def test_bf16_input_is_computed_in_fp32_and_returned_in_bf16():
+    tw = torch.randn(1, 5, 16, 2, 2)
+    x = torch.randn(4, 32).to(torch.bfloat16)
+    y = butterfly_multiply(x, tw, backend="torch")
+    assert y.dtype == torch.bfloat16
+    ref = butterfly_multiply(x.float(), tw, backend="torch")
+    torch.testing.assert_close(y.float(), ref, rtol=1e-2, atol=1e-2 * ref.abs().max().item())
+
+
+def test_errors_name_the_argument_and_expected_shape():
+    tw = torch.randn(1, 3, 4, 2, 2)
+    with pytest.raises(ValueError, match=r"x.shape\[-1\] must be a power of two"):
+        butterfly_multiply(torch.randn(2, 6), tw)
+    with pytest.raises(ValueError, match=r"twiddle must have shape .*\(nblocks, 3, 4, 2, 2\).*got \(1, 2, 4, 2, 2\)"):
+        butterfly_multiply(torch.randn(2, 8), torch.randn(1, 2, 4, 2, 2))
+    with pytest.raises(TypeError, match="x must be a floating point or complex tensor"):
+        butterfly_multiply(torch.ones(2, 8, dtype=torch.int64), tw)
+    with pytest.raises(TypeError, match="twiddle must be float32"):
+        butterfly_multiply(torch.randn(2, 8), tw.to(torch.int32))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        butterfly_multiply([1.0] * 8, tw)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        butterfly_multiply(torch.randn(2, 8), tw, backend="cuda")
+    with pytest.raises(ValueError, match="larger than the K-matrix size"):
+        kmatrix_multiply(torch.randn(2, 9), tw[None], 8)
+    with pytest.raises(ValueError, match="nstacks"):
+        kmatrix_multiply(torch.randn(2, 8), tw, 8)
+
+
+def test_kmatrix_pads_truncates_and_stacks():
+    tw = torch.randn(2, 1, 3, 4, 2, 2, dtype=torch.float64)
+    x = torch.randn(5, 6, dtype=torch.float64)
+    y = kmatrix_multiply(x, tw, 13, backend="torch")
+    xp = torch.nn.functional.pad(x, (0, 2))
+    ref = torch.cat([butterfly_multiply_reference(xp, tw[k]) for k in range(2)], -1)[:, :13]
+    torch.testing.assert_close(y, ref)
