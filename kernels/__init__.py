@@ -1,1 +1,26 @@
-"""Triton kernels for kfrontend, installed as ``kfrontend.kernels``."""
+"""Triton kernels for kfrontend, installed as ``kfrontend.kernels``.
+
+Importing this package is cheap: Triton and the kernels (``kfrontend.kernels.butterfly``) load on
+the first call of :func:`butterfly_multiply_triton`.  Under ``TRITON_INTERPRET=1`` (set before that
+first import) the kernels run on CPU tensors in Triton's interpreter.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["butterfly_multiply_triton", "supports"]
+
+
+def supports(x: torch.Tensor, twiddle: torch.Tensor) -> bool:
+    """Whether the kernel handles these dtypes (it computes in float32): real float32, bfloat16 or
+    float16 x with float32 twiddles, or complex64 (real or complex64 x, complex64 twiddles)."""
+    if twiddle.dtype not in (torch.float32, torch.complex64):
+        return False
+    return x.dtype in (torch.float32, torch.bfloat16, torch.float16, torch.complex64)
+
+
+def butterfly_multiply_triton(x: torch.Tensor, twiddle: torch.Tensor, increasing_stride: bool = True):
+    """The fused Triton butterfly product (see ``kfrontend.functional.butterfly_multiply``)."""
+    from kfrontend.kernels.butterfly import butterfly_multiply_triton as impl
+
+    return impl(x, twiddle, increasing_stride)
