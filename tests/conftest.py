@@ -44,3 +44,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords and not _HAS_CUDA:
             item.add_marker(skip_cuda)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for modules of many small matmuls: on a loaded 2-core machine two BLAS
+    threads contend with the other jobs and run them 3-5x slower than one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

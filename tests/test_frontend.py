@@ -15,7 +15,6 @@ Tolerances (issue 4), per utterance, relative to the utterance's largest referen
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import warnings
@@ -26,6 +25,7 @@ import torch
 import torchaudio
 import torchaudio.compliance.kaldi as kaldi
 
+from helpers import default_dtype
 from kfrontend.frontend import KaleidoscopeFrontend as KF
 
 F64_TOL = 1e-9
@@ -38,24 +38,7 @@ UTTERANCES = ("dr1-fvmh0/sa1", "dr3-madc0/sx107", "dr7-fblv0/si1058")
 CROP = 14000  # samples per signal: 0.875 s of speech keeps the grid cheap
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine two BLAS threads contend with the other
-    jobs and run these small matmuls 3-5x slower than one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@contextlib.contextmanager
-def default_dtype(dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _load(path) -> torch.Tensor:

@@ -6,7 +6,6 @@ Signals are short (a fraction of a second) so that the file stays fast on two sh
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import math
@@ -19,30 +18,14 @@ import torchaudio
 import torchaudio.compliance.kaldi as kaldi
 
 from kfrontend import features as Fe
+from helpers import default_dtype
 from kfrontend.frontend import FixedFrontend, KaleidoscopeFrontend as KF
 
 SMALL = dict(n_fft=256, win_length=200, hop_length=80, n_mels=24)
 SMALL_MFCC = dict(n_mfcc=13, log_mels=True, melkwargs=SMALL)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine two BLAS threads contend with the other
-    jobs and run these small matmuls 3-5x slower than one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@contextlib.contextmanager
-def default_dtype(dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rel(a, b) -> float:
