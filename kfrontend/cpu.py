@@ -1,28 +1,580 @@
-"""Fast CPU paths for butterfly products (see ``butterfly_multiply``'s backends)."""
+"""Fast CPU paths for butterfly and K-matrix products (the ``"blocked"`` and ``"dense"`` backends).
+
+Stage-by-stage PyTorch ops stream the whole batch through memory once per factor (BACKGROUND.md
+section 3: ~17x slower than torchaudio's MelSpectrogram).  Here the ``log2 N`` index bits are split
+into a low group ``[0, s)`` and a high group ``[s, log2 N)``.  Every maximal run of consecutive
+factors (across block boundaries: ``B B*`` ends and starts on the same bits) that touches only one
+group is multiplied out into ``N / K`` dense ``K x K`` matrices (``K = 2**s`` or ``2**(log2 N - s)``,
+one per value of the other group's bits), built from the twiddles with autograd, so gradients reach
+the twiddles.  A 3-block DFT of size 1024 becomes 4 batched matmuls with 32 x 32 blocks.
+
+Layout: each chunk of rows is kept transposed, ``(outer group, inner group, rows)``, rows contiguous.
+Either group is then a valid BLAS operand with no copy: the inner one as ``(batch=outer, K, rows)``,
+the outer one as ``(batch=inner, K, rows)`` with row stride ``inner * rows``; a pass on the outer
+group writes ``(inner, outer, rows)``, so groups simply swap places.  Rows are processed in chunks
+that stay in cache, and the chunk height is not a power of two: with power-of-two row strides all K
+rows of a ``(K, rows)`` operand fall into the same cache sets (measured: ~25% slower at N = 1024).
+
+``"dense"`` multiplies the (in x out) matrix out once per call (the blocked path applied to an
+identity of ``in`` rows) and does one matmul; for real input and complex weights it multiplies by
+``[Re W | Im W]`` interleaved (one real GEMM, half the work of a complex one).  ``choose_backend`` and
+``kmatrix_backend`` pick between them with a small cost model calibrated by
+``benchmarks/bench_cpu.py`` on a 2-core AMD EPYC (see docs/BENCHMARKS.md).
+"""
 from __future__ import annotations
+
+import contextlib
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import torch
 
-from kfrontend.functional import butterfly_multiply_reference, _compute_dtype, _output_dtype
+from kfrontend.functional import (
+    _compute_dtype,
+    _output_dtype,
+    block_is_increasing,
+    butterfly_multiply_reference,
+    check_butterfly_args,
+    stride_of,
+)
+
+__all__ = [
+    "butterfly_multiply_blocked",
+    "butterfly_multiply_dense",
+    "butterfly_product_matrix",
+    "choose_backend",
+    "kmatrix_multiply_cpu",
+    "kmatrix_backend",
+    "plan_passes",
+]
+
+# Rows per chunk: ~1.6 MB of complex64 at N = 1024, and 8 mod 16 (see the module docstring).
+_CHUNK_ELEMS = 200 * 1024
+
+# Cost model (units: one real multiply-add in a large GEMM), fitted by eye to bench_cpu.py and
+# per-split timings on the 2-core machine of docs/BENCHMARKS.md (noisy: other processes ran).
+# A multiply-add in the small batched GEMMs costs ~1.3 of a large GEMM's; every pass also streams
+# its chunk (transposes, small-op overheads); the blocked backward (recompute, two GEMMs per pass,
+# the copies) measured 3.5-7x its forward, a dense backward 2x; a reference stage costs ~80
+# multiply-adds per complex element (BACKGROUND.md section 3: 3,107 ms for 9 stages at N = 512 and
+# 48k rows against 227 ms for the dense matmul).
+_BMM_EFF = 1.3
+_PASS_COST = 16.0
+_BWD_BLOCKED = 4.5
+_BWD_DENSE = 2.0
+_REF_COST = 100.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Planning
+# ----------------------------------------------------------------------------------------------
+def _stage_bits(n: int, nblocks: int, increasing_stride: bool) -> list[tuple[int, int, int]]:
+    """(block, factor, bit) for every factor in the order applied; bit = log2(stride)."""
+    log_n = n.bit_length() - 1
+    return [
+        (b, i, stride_of(i, n, block_is_increasing(b, increasing_stride)).bit_length() - 1)
+        for b in range(nblocks)
+        for i in range(log_n)
+    ]
+
+
+def plan_passes(n: int, nblocks: int, increasing_stride: bool, split: int) -> list[tuple[int, list]]:
+    """Maximal runs of consecutive factors on one bit group: ``[(group, [(block, factor, bit)])]``
+    with group 0 = bits ``[0, split)`` and 1 = ``[split, log2 N)``.  Consecutive runs alternate."""
+    runs: list[tuple[int, list]] = []
+    for st in _stage_bits(n, nblocks, increasing_stride):
+        g = 0 if st[2] < split else 1
+        if runs and runs[-1][0] == g:
+            runs[-1][1].append(st)
+        else:
+            runs.append((g, [st]))
+    return runs
+
+
+def _extents(n: int, split: int, in_features: int, out_features: int) -> tuple[int, int]:
+    """Values of the high bits that the input / output actually touch (zero padding, kept rows)."""
+    k_lo = 1 << split
+    return math.ceil(in_features / k_lo), math.ceil(out_features / k_lo)
+
+
+def _blocked_cost(n, nblocks, increasing_stride, split, in_f, out_f, complex_w, real_x):
+    """(per-row cost, one-off matrix build cost) of the blocked path at this split."""
+    log_n = n.bit_length() - 1
+    runs = plan_passes(n, nblocks, increasing_stride, split)
+    k = (1 << split, 1 << (log_n - split))
+    e_in, e_out = _extents(n, split, in_f, out_f)
+    per_row = build = 0.0
+    for idx, (g, stages) in enumerate(runs):
+        # Work of the pass: (#matrices) x rows-out x cols-in, with the first/last truncations.
+        rows_out, cols_in, batches = k[g], k[g], k[1 - g]
+        if idx == 0:
+            if g == 1:
+                cols_in = e_in
+            else:
+                batches = e_in
+        elif idx == 1 and g == 1:
+            cols_in = e_in
+        if idx == len(runs) - 1:
+            if g == 1:
+                rows_out = e_out
+            else:
+                batches = min(batches, e_out)
+        mult = 4.0 if complex_w and not (real_x and idx == 0) else (2.0 if complex_w else 1.0)
+        per_row += _BMM_EFF * mult * batches * rows_out * cols_in + _PASS_COST * batches * k[g]
+        build += len(stages) * n * k[g] * (4.0 if complex_w else 1.0) * 3.0
+    return per_row, build
+
+
+def _best_split(n, nblocks, increasing_stride, in_f, out_f, complex_w, real_x) -> int:
+    log_n = n.bit_length() - 1
+    if log_n == 1:
+        return 1  # a single group: the 2 x 2 product itself
+    best = None
+    for s in range(1, log_n):
+        per_row, _ = _blocked_cost(n, nblocks, increasing_stride, s, in_f, out_f, complex_w, real_x)
+        if best is None or per_row < best[0]:
+            best = (per_row, s)
+    return best[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Group matrices
+# ----------------------------------------------------------------------------------------------
+def _group_matrices(tw: torch.Tensor, n: int, stages, a: int, k: int) -> torch.Tensor:
+    """``M`` of shape (H, L, K, K), K = 2**k, L = 2**a, H = N / (K L): the product of the given
+    factors (all on bits [a, a+k)) restricted to the index ``p = (h K + c) L + l``; differentiable."""
+    kk, ll = 1 << k, 1 << a
+    hh = n // (kk * ll)
+    z = torch.eye(kk, dtype=tw.dtype, device=tw.device).expand(hh, ll, kk, kk)
+    for b, i, bit in stages:
+        s = 1 << (bit - a)
+        # Pair j = (h * K/2 + c') * L + l with c' = c without bit (bit - a), c' = g * s + r.
+        t = tw[b, i].reshape(hh, kk // 2, ll, 2, 2).permute(0, 2, 1, 3, 4)
+        t = t.reshape(hh, ll, kk // (2 * s), s, 1, 2, 2)
+        zv = z.reshape(hh, ll, kk // (2 * s), 2, s, kk)
+        z0, z1 = zv[:, :, :, 0], zv[:, :, :, 1]
+        y0 = t[..., 0, 0] * z0 + t[..., 0, 1] * z1
+        y1 = t[..., 1, 0] * z0 + t[..., 1, 1] * z1
+        z = torch.stack((y0, y1), dim=3).reshape(hh, ll, kk, kk)
+    return z
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Small ops run single-threaded: with other processes on the cores, a 2-thread op on a few
+    thousand elements waits for a descheduled thread (measured: building the pass matrices at
+    N = 1024 took 400-800 ms forward+backward on 2 threads, 50 ms on one)."""
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+class _PassMatricesFn(torch.autograd.Function):
+    """The pass matrices from the twiddles, forward and backward (by autograd on a recomputation)
+    single-threaded; ``real_first`` stacks [Re M; Im M] for the first pass."""
+
+    @staticmethod
+    def forward(ctx, spec, tw):
+        ctx.spec = spec
+        ctx.save_for_backward(tw)
+        with _one_thread():
+            return tuple(m.contiguous() for m in _pass_matrices_raw(tw, *spec))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        (tw,) = ctx.saved_tensors
+        with _one_thread(), torch.enable_grad():
+            t = tw.detach().requires_grad_()
+            mats = _pass_matrices_raw(t, *ctx.spec)
+            pairs = [(m, g) for m, g in zip(mats, grads) if g is not None]
+            (gt,) = torch.autograd.grad([m for m, _ in pairs], t, [g for _, g in pairs])
+        return None, gt
+
+
+def _pass_matrices(tw, n, nblocks, increasing_stride, split, in_f, out_f, real_first=False):
+    """Matrices (batch, K_out, K_in) of every pass, differentiable w.r.t. tw."""
+    spec = (n, nblocks, increasing_stride, split, in_f, out_f, real_first)
+    if torch.is_grad_enabled() and tw.requires_grad:
+        return list(_PassMatricesFn.apply(spec, tw))
+    with _one_thread():
+        return [m.contiguous() for m in _pass_matrices_raw(tw, *spec)]
+
+
+def _pass_matrices_raw(tw, n, nblocks, increasing_stride, split, in_f, out_f, real_first=False):
+    """Per pass: matrices (batch, K_out, K_in) with the zero-padding / kept-row truncations."""
+    log_n = n.bit_length() - 1
+    runs = plan_passes(n, nblocks, increasing_stride, split)
+    e_in, e_out = _extents(n, split, in_f, out_f)
+    out = []
+    for idx, (g, stages) in enumerate(runs):
+        if g == 0:
+            m = _group_matrices(tw, n, stages, 0, split)[:, 0]  # (K_hi, K_lo, K_lo), batch = hi
+        else:
+            m = _group_matrices(tw, n, stages, split, log_n - split)[0]  # (K_lo, K_hi, K_hi), batch = lo
+        if g == 0 and idx == 0:
+            m = m[:e_in]
+        if g == 1 and idx <= 1:
+            m = m[:, :, :e_in]
+        if idx == len(runs) - 1:
+            m = m[:, :e_out] if g == 1 else m[:e_out]
+        if idx == 0 and real_first:
+            m = torch.cat((m.real, m.imag), dim=1)
+        out.append(m)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The blocked multiply
+# ----------------------------------------------------------------------------------------------
+class _Plan(NamedTuple):
+    """Static shape information of one blocked multiply."""
+
+    n: int
+    k_lo: int
+    e_in: int  # high-bit values the (zero-padded) input touches
+    e_out: int  # high-bit values the kept outputs touch
+    out_f: int
+    groups: tuple  # group (0 low, 1 high) of each pass
+    real_first: bool  # real input, complex weights: pass 0 is one real bmm by [Re M; Im M]
+
+
+def _run_chunk(plan: _Plan, xc: torch.Tensor, mats, keep: list | None = None) -> torch.Tensor:
+    """All passes on one chunk of rows xc (r, e_in * K_lo); returns (r, e_out, K_lo), a view.
+    With ``keep``, appends each pass's right operand (batch, K_in, r) and its kind, then the final
+    (outer, inner) order, for the backward (and skips the last matmul)."""
+    r = xc.shape[0]
+    m0 = mats[0]
+    if plan.groups[0] == 0:
+        # Low bits first: the chunk read transposed in place, (e_in, K_lo, r) strides (K_lo, 1, in).
+        xv = xc.view(r, plan.e_in, plan.k_lo).permute(1, 2, 0)
+        order = (1, 0)  # (outer, inner) group of the (outer, inner, rows) layout
+    else:
+        xv = xc.t().contiguous().view(plan.e_in, plan.k_lo, r).transpose(0, 1)
+        order = (0, 1)
+    y = torch.bmm(m0, xv)
+    if keep is not None:
+        keep.append((xv, "first"))
+    if plan.real_first:
+        half = m0.shape[1] // 2
+        y = torch.complex(y[:, :half], y[:, half:])
+    for g, m in zip(plan.groups[1:], mats[1:]):
+        if g == order[1]:  # inner group: (batch = outer, K, r), rows contiguous
+            v, kind = y.view(-1, m.shape[2], r)[: m.shape[0]], "inner"
+        else:  # outer group: (batch = inner, K, r) with row stride inner * r; groups swap places
+            v, kind = y.view(m.shape[2], -1, r).transpose(0, 1)[: m.shape[0]], "outer"
+            order = (order[1], order[0])
+        if keep is not None:
+            keep.append((v, kind))
+            if len(keep) == len(mats):  # the backward needs the last pass's input, not its output
+                keep.append(order)
+                return None
+        y = torch.bmm(m, v)
+    if keep is not None:
+        keep.append(order)
+    return y.permute(2, 0, 1) if order == (1, 0) else y.permute(2, 1, 0)  # (r, hi, lo)
+
+
+def _chunk_backward(plan: _Plan, xc, mats, mats_h, gy, grad_xc, grad_m) -> None:
+    """Gradients of one chunk: recompute its passes (cheap, in cache), then for each pass backwards
+    ``grad_M += g @ in^H`` (accumulated in place) and ``g_in = M^H @ g`` put back in the layout the
+    previous pass wrote.  ``gy`` (r, out_f); ``grad_xc`` (r, e_in * K_lo) or None."""
+    r = xc.shape[0]
+    ins: list = []
+    _run_chunk(plan, xc, mats, ins)
+    order = ins.pop()
+    kout = plan.e_out * plan.k_lo
+    g = torch.nn.functional.pad(gy, (0, kout - plan.out_f)) if kout > plan.out_f else gy
+    g = g.reshape(r, plan.e_out, plan.k_lo)
+    # The (outer, inner, r) layout of the last pass's output, as a strided view: every gradient
+    # below is a BLAS operand with one unit stride, so only the pads and grad_x cost copies.
+    g = g.permute(1, 2, 0) if order == (1, 0) else g.permute(2, 1, 0)
+    for p in range(len(mats) - 1, -1, -1):
+        mh, (v, kind) = mats_h[p], ins[p]
+        if p == 0 and plan.real_first:
+            g = torch.cat((g.real, g.imag), dim=1)
+        if grad_m[p] is not None:
+            grad_m[p].baddbmm_(g, v.transpose(1, 2).conj())
+        if p == 0 and grad_xc is None:
+            break
+        gin = torch.bmm(mh, g)  # (batch, K_in, r), the gradient of v
+        if p == 0:
+            if plan.groups[0] == 0:  # v = xc viewed (e_in, K_lo, r)
+                grad_xc.view(r, plan.e_in, plan.k_lo).copy_(gin.permute(2, 0, 1))
+            else:  # v = xc.t() viewed (e_in, K_lo, r).transpose(0, 1)
+                grad_xc.view(r, plan.e_in, plan.k_lo).copy_(gin.permute(2, 1, 0))
+            break
+        prev_shape = (ins[p - 1][0].shape[0], mats[p - 1].shape[1], r)  # previous output (outer, inner, r)
+        if plan.real_first and p == 1:
+            prev_shape = (prev_shape[0], prev_shape[1] // 2, r)
+        if kind == "inner":  # v = prev.view(-1, K, r)[:b]
+            full = prev_shape[0] * prev_shape[1] // v.shape[1]
+            if v.shape[0] < full:
+                gin = torch.nn.functional.pad(gin, (0, 0, 0, 0, 0, full - v.shape[0]))
+            g = gin.reshape(prev_shape)
+        else:  # outer-group pass: v = prev.view(K, -1, r).transpose(0, 1)[:b]
+            full = prev_shape[0] * prev_shape[1] // v.shape[1]
+            if v.shape[0] < full:
+                gin = torch.nn.functional.pad(gin, (0, 0, 0, 0, 0, full - v.shape[0]))
+            g = gin.transpose(0, 1)  # (outer, inner, r) of the previous output, strided
+
+
+def _chunk_rows(n: int) -> int:
+    r = max(24, min(2000, _CHUNK_ELEMS // n))
+    return r - (r % 16) + 8
+
+
+_tls = threading.local()
+_pool: ThreadPoolExecutor | None = None
+_pool_pid = 0  # a pool inherited through fork (DataLoader workers) has no threads: make a new one
+
+
+def _single_threaded(fn):
+    def call(*args):
+        # Worker threads run single-threaded ops, each on its own chunks: no barrier per op, so a
+        # core taken by another process stalls one worker, not every op (measured 2.7x faster with
+        # other processes on the 2 cores).  set_num_threads here sets this thread's OpenMP/MKL
+        # count (and the process default, which _map_chunks restores).
+        if not getattr(_tls, "single", False):
+            torch.set_num_threads(1)
+            _tls.single = True
+        return fn(*args)
+
+    return call
+
+
+def _map_chunks(fn, starts):
+    global _pool, _pool_pid
+    nthreads = torch.get_num_threads()
+    if nthreads <= 1:
+        return [fn(i) for i in starts]
+    if _pool is None or _pool._max_workers != nthreads or _pool_pid != os.getpid():
+        _pool = ThreadPoolExecutor(nthreads, thread_name_prefix="kfrontend-cpu")
+        _pool_pid = os.getpid()
+    try:
+        return list(_pool.map(_single_threaded(fn), starts))
+    finally:
+        torch.set_num_threads(nthreads)
+
+
+def _blocked_forward(plan: _Plan, x2: torch.Tensor, mats) -> torch.Tensor:
+    rows = x2.shape[0]
+    step = _chunk_rows(plan.n)
+    out = torch.empty(rows, plan.out_f, dtype=mats[-1].dtype, device=x2.device)
+    full, rem = divmod(plan.out_f, plan.k_lo)
+
+    def chunk(i):
+        with torch.no_grad():
+            y = _run_chunk(plan, x2[i : i + step], mats)
+            dst = out[i : i + step]
+            if full:
+                dst[:, : full * plan.k_lo].view(-1, full, plan.k_lo).copy_(y[:, :full])
+            if rem:
+                dst[:, full * plan.k_lo :].copy_(y[:, full, :rem])
+
+    _map_chunks(chunk, range(0, rows, step))
+    return out
+
+
+class _BlockedFn(torch.autograd.Function):
+    """Chunked blocked multiply.  Backward recomputes each chunk's passes (they are in cache) and
+    runs the matmul gradients by hand, chunk by chunk in the worker threads; only x and the small
+    matrices are kept between forward and backward (autograd through the chunk loop kept every
+    intermediate and spent most of its time zero-filling and copying view gradients)."""
+
+    @staticmethod
+    def forward(ctx, plan, x2, *mats):
+        ctx.plan = plan
+        ctx.save_for_backward(x2, *mats)
+        return _blocked_forward(plan, x2, mats)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        plan = ctx.plan
+        x2, *mats = ctx.saved_tensors
+        need_x = ctx.needs_input_grad[1]
+        need_m = ctx.needs_input_grad[2:]
+        rows = x2.shape[0]
+        step = _chunk_rows(plan.n)
+        grad_x = torch.empty_like(x2) if need_x else None
+        accs: dict[int, list] = {}  # per worker thread: running sums of the matrix gradients
+        with _one_thread():
+            mats_h = [m.transpose(1, 2).conj().contiguous() for m in mats]  # M^H, resolved once
+
+        def chunk(i):
+            acc = accs.get(threading.get_ident())
+            if acc is None:
+                acc = accs[threading.get_ident()] = [torch.zeros_like(m) if nm else None for m, nm in zip(mats, need_m)]
+            gx = grad_x[i : i + step] if need_x else None
+            with torch.no_grad():  # grad mode is per thread: the workers' is on
+                _chunk_backward(plan, x2[i : i + step], mats, mats_h, grad[i : i + step], gx, acc)
+
+        _map_chunks(chunk, range(0, rows, step))
+        with torch.no_grad(), _one_thread():
+            grad_m = [None] * len(mats)
+            for acc in accs.values():
+                for p, a in enumerate(acc):
+                    if a is not None:
+                        grad_m[p] = a if grad_m[p] is None else grad_m[p] + a
+        return (None, grad_x, *grad_m)
+
+
+def _blocked_2d(x2, tw, increasing_stride, out_f, split=None):
+    """x2 (R, in_features) with in_features <= N, tw (nblocks, log2 N, N/2, 2, 2) already in the
+    compute dtype; returns (R, out_f) = (K-matrix applied to x2 zero-padded)[:, :out_f]."""
+    nblocks, log_n = tw.shape[0], tw.shape[1]
+    n = 1 << log_n
+    rows, in_f = x2.shape
+    cdtype = tw.dtype
+    real_x = not x2.is_complex()
+    # Real input with complex weights stays real (the first pass is a real GEMM), in matching precision.
+    x2 = x2.to(tw.real.dtype if real_x else cdtype)
+    if rows == 0:
+        return x2.new_zeros((0, out_f), dtype=cdtype)
+    if log_n == 1:
+        m = _group_matrices(tw, n, _stage_bits(n, nblocks, increasing_stride), 0, 1)[0, 0]
+        return _matmul_right(x2, m[:out_f, :in_f].transpose(0, 1))
+    if split is None:
+        split = _best_split(n, nblocks, increasing_stride, in_f, out_f, cdtype.is_complex, real_x)
+    k_lo = 1 << split
+    e_in, e_out = _extents(n, split, in_f, out_f)
+    real_first = real_x and cdtype.is_complex
+    mats = _pass_matrices(tw, n, nblocks, increasing_stride, split, in_f, out_f, real_first)
+    groups = tuple(g for g, _ in plan_passes(n, nblocks, increasing_stride, split))
+    plan = _Plan(n, k_lo, e_in, e_out, out_f, groups, real_first)
+    in_pad = e_in * k_lo - in_f
+    # Zero padding only up to the next multiple of K_lo; rows must be contiguous for the views.
+    x2 = torch.nn.functional.pad(x2, (0, in_pad)) if in_pad else x2.contiguous()
+    if torch.is_grad_enabled() and (x2.requires_grad or any(m.requires_grad for m in mats)):
+        return _BlockedFn.apply(plan, x2, *mats)
+    return _blocked_forward(plan, x2, mats)
+
+
+def _matmul_right(x2: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x2 @ w``; for real x2 and complex w one real GEMM with [Re w | Im w] interleaved."""
+    if w.is_complex() and not x2.is_complex():
+        wr = torch.view_as_real(w).reshape(w.shape[0], 2 * w.shape[1])
+        y = x2.to(wr.dtype) @ wr
+        return torch.view_as_complex(y.view(x2.shape[0], w.shape[1], 2))
+    return x2.to(w.dtype) @ w
+
+
+def butterfly_multiply_blocked(x, twiddle, increasing_stride=True, split=None):
+    """``butterfly_multiply`` with groups of factors multiplied into small dense blocks (see module
+    docstring).  ``split`` (1 .. log2 N - 1) overrides the cost model's choice of group boundary."""
+    n, log_n, _ = check_butterfly_args(x, twiddle)
+    if split is not None and not (isinstance(split, int) and 1 <= split <= max(1, log_n - 1)):
+        raise ValueError(f"split must be an int in [1, {max(1, log_n - 1)}] for N = {n}, got {split!r}")
+    dtype = _compute_dtype(x, twiddle)
+    x2 = x.reshape(-1, n)
+    if x2.dtype in (torch.float16, torch.bfloat16):
+        x2 = x2.to(torch.float32)
+    y = _blocked_2d(x2, twiddle.to(dtype), increasing_stride, n, split)
+    return y.reshape(x.shape).to(_output_dtype(x, twiddle))
+
+
+def _kmatrix_dense_weight(tw: torch.Tensor, increasing_stride: bool, in_f: int, out_f: int) -> torch.Tensor:
+    """The (in_f, out_f) matrix W with ``kmatrix(x) == x @ W`` (one stack), differentiable: the
+    blocked path applied to the in_f x in_f identity."""
+    # A real identity: its first pass is a real GEMM even for complex twiddles.
+    eye = torch.eye(in_f, dtype=tw.real.dtype, device=tw.device)
+    return _blocked_2d(eye, tw, increasing_stride, out_f)
 
 
 def butterfly_product_matrix(twiddle: torch.Tensor, increasing_stride: bool = True) -> torch.Tensor:
     """The N x N matrix M of the butterfly product, so that ``butterfly_multiply(x) == x @ M.T``."""
     n = twiddle.shape[-3] * 2
-    eye = torch.eye(n, dtype=twiddle.dtype, device=twiddle.device)
-    # Row i of the result is B e_i, i.e. column i of B.
-    return butterfly_multiply_reference(eye, twiddle, increasing_stride).transpose(0, 1)
+    return _kmatrix_dense_weight(twiddle, increasing_stride, n, n).transpose(0, 1)
 
 
 def butterfly_multiply_dense(x, twiddle, increasing_stride=True):
+    """Multiply the product out to an N x N matrix (differentiable), then one matmul."""
+    n, _, _ = check_butterfly_args(x, twiddle)
     dtype = _compute_dtype(x, twiddle)
-    m = butterfly_product_matrix(twiddle.to(dtype), increasing_stride)
-    return (x.to(dtype) @ m.transpose(0, 1)).to(_output_dtype(x, twiddle))
+    x2 = x.reshape(-1, n)
+    if x2.dtype in (torch.float16, torch.bfloat16):
+        x2 = x2.to(torch.float32)
+    w = _kmatrix_dense_weight(twiddle.to(dtype), increasing_stride, n, n)
+    return _matmul_right(x2, w).reshape(x.shape).to(_output_dtype(x, twiddle))
 
 
-def butterfly_multiply_blocked(x, twiddle, increasing_stride=True):
-    return butterfly_multiply_reference(x, twiddle, increasing_stride)
+# ----------------------------------------------------------------------------------------------
+# Backend choice (cost model) and the K-matrix entry point
+# ----------------------------------------------------------------------------------------------
+def _costs(rows, n, nblocks, increasing_stride, in_f, out_f, complex_w, real_x, grad=False) -> dict[str, float]:
+    """Estimated cost of each CPU method for one stack (units: large-GEMM multiply-adds)."""
+    log_n = n.bit_length() - 1
+    split = _best_split(n, nblocks, increasing_stride, in_f, out_f, complex_w, real_x)
+    per_row, build = _blocked_cost(n, nblocks, increasing_stride, split, in_f, out_f, complex_w, real_x)
+    bwd_b = 1.0 + _BWD_BLOCKED * grad
+    bwd_d = 1.0 + _BWD_DENSE * grad
+    blocked = (build + rows * per_row) * bwd_b
+    # Dense: W built by the blocked path on in_f identity rows (real), then one GEMM.
+    per_row_id, build_id = _blocked_cost(n, nblocks, increasing_stride, split, in_f, out_f, complex_w, True)
+    mult = (2.0 if real_x else 4.0) if complex_w else 1.0
+    dense = (build_id + in_f * per_row_id) * bwd_b + rows * mult * in_f * out_f * bwd_d
+    ref = _REF_COST * (1.0 if complex_w else 0.4)
+    torch_ref = (rows * nblocks * log_n * n * ref + nblocks * log_n * 2e4) * bwd_d
+    return {"blocked": blocked, "dense": dense, "torch": torch_ref}
 
 
-def choose_backend(x, twiddle) -> str:
-    return "torch"
+def kmatrix_backend(x: torch.Tensor, twiddle: torch.Tensor, out_features: int, increasing_stride: bool = True) -> str:
+    """The cheapest CPU method ("torch", "blocked", "dense") for ``kmatrix_multiply`` by the cost
+    model; a backward pass is counted when autograd will need one."""
+    n = twiddle.shape[-3] * 2
+    rows = max(1, x.numel() // max(1, x.shape[-1]))
+    grad = torch.is_grad_enabled() and (x.requires_grad or twiddle.requires_grad)
+    c = _costs(
+        rows, n, twiddle.shape[-5], increasing_stride, x.shape[-1], min(out_features, n),
+        twiddle.is_complex(), not x.is_complex(), grad,
+    )
+    return min(c, key=c.get)
+
+
+def choose_backend(x: torch.Tensor, twiddle: torch.Tensor, increasing_stride: bool = True) -> str:
+    """Backend for ``butterfly_multiply(x, twiddle, backend="auto")`` on CPU (N x N product)."""
+    n = x.shape[-1]
+    return kmatrix_backend(x, twiddle.unsqueeze(0), n, increasing_stride)
+
+
+def kmatrix_multiply_cpu(
+    x: torch.Tensor, twiddle: torch.Tensor, out_features: int, increasing_stride: bool = True, method: str = "auto"
+) -> torch.Tensor:
+    """``kmatrix_multiply`` on CPU without padding x to N: ``method`` "blocked" (truncated first and
+    last passes), "dense" (materialise the (in x out) matrix, one matmul), "torch" or "auto"."""
+    n = twiddle.shape[-3] * 2
+    in_f = x.shape[-1]
+    dtype = _compute_dtype(x, twiddle)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, in_f)
+    if x2.dtype in (torch.float16, torch.bfloat16):
+        x2 = x2.to(torch.float32)
+    if x2.is_complex() or not dtype.is_complex:
+        x2 = x2.to(dtype)
+    tw = twiddle.to(dtype)
+    if method == "auto":
+        method = kmatrix_backend(x, twiddle, out_features, increasing_stride)
+    outs = []
+    for k in range(math.ceil(out_features / n)):
+        out_k = min(n, out_features - k * n)
+        if method == "dense":
+            outs.append(_matmul_right(x2, _kmatrix_dense_weight(tw[k], increasing_stride, in_f, out_k)))
+        elif method == "blocked":
+            outs.append(_blocked_2d(x2, tw[k], increasing_stride, out_k))
+        elif method == "torch":
+            xp = torch.nn.functional.pad(x2, (0, n - in_f)) if in_f < n else x2
+            outs.append(butterfly_multiply_reference(xp, tw[k], increasing_stride)[:, :out_k])
+        else:
+            raise ValueError(f"method must be 'auto', 'blocked', 'dense' or 'torch', got {method!r}")
+    y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+    return y.reshape(*lead, out_features).to(_output_dtype(x, twiddle))

@@ -151,7 +151,10 @@ def butterfly_multiply(
 
 def _auto_backend(x: torch.Tensor, twiddle: torch.Tensor) -> str:
     if x.is_cuda:
-        return "triton"
+        from kfrontend.kernels import supports  # cheap: triton loads on the first kernel call
+
+        # The kernel computes in float32; double precision stays on the reference.
+        return "triton" if supports(x, twiddle) else "torch"
     from kfrontend import cpu
 
     return cpu.choose_backend(x, twiddle)
@@ -170,6 +173,10 @@ def kmatrix_multiply(
     ``twiddle`` is ``(nstacks, nblocks, log2 N, N/2, 2, 2)``; stack ``k`` produces outputs
     ``k*N .. (k+1)*N - 1``.  This is the operation every K-matrix layer and construction uses.
     """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not isinstance(twiddle, torch.Tensor):
+        raise TypeError(f"twiddle must be a torch.Tensor, got {type(twiddle).__name__}")
     if twiddle.dim() != 6:
         raise ValueError(
             f"twiddle must have shape (nstacks, nblocks, log2 N, N/2, 2, 2); got {tuple(twiddle.shape)}"
@@ -180,6 +187,15 @@ def kmatrix_multiply(
         raise ValueError(f"x.shape[-1] = {x.shape[-1]} is larger than the K-matrix size N = {n}")
     if out_features > nstacks * n:
         raise ValueError(f"out_features = {out_features} exceeds nstacks * N = {nstacks * n}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend in ("blocked", "dense") or (backend == "auto" and not x.is_cuda):
+        # CPU paths skip the zero padding and the dropped rows, or multiply the (in x out) matrix
+        # out once per call when that is cheaper (cost model in kfrontend.cpu).
+        from kfrontend import cpu
+
+        check_butterfly_args(x.new_zeros((1, n)), twiddle[0])
+        return cpu.kmatrix_multiply_cpu(x, twiddle, out_features, increasing_stride, backend)
     if x.shape[-1] < n:
         x = torch.nn.functional.pad(x, (0, n - x.shape[-1]))
     outs = []

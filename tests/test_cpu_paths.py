@@ -1,0 +1,196 @@
+"""The fast CPU paths (blocked, dense, K-matrix materialisation) against the stage-by-stage reference."""
+import itertools
+
+import pytest
+import torch
+
+from kfrontend import cpu
+from kfrontend.functional import butterfly_multiply, butterfly_multiply_reference, kmatrix_multiply
+
+SIZES = [2, 4, 8, 32, 256, 4096]  # every log2 N parity, the smallest and the largest supported here
+
+
+def _twiddle(n, nblocks, complex_, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    real = torch.float64 if dtype in (torch.float64, torch.complex128) else torch.float32
+    shape = (nblocks, n.bit_length() - 1, n // 2, 2, 2)
+    # Entries N(0, 1/2) keep every factor norm-preserving on average, so 36 factors stay O(1).
+    t = torch.randn(shape, dtype=real, generator=g) * 0.5**0.5
+    if complex_:
+        t = torch.complex(t, torch.randn(shape, dtype=real, generator=g) * 0.5**0.5) * 0.5**0.5
+    return t
+
+
+def _rel(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Force several row chunks (and a ragged last one) on small inputs."""
+    monkeypatch.setattr(cpu, "_chunk_rows", lambda n: 3)
+
+
+CASES = [
+    (n, nb, inc, cw, cx)
+    for n, nb, inc, cw, cx in itertools.product(SIZES, [1, 2, 3], [True, False], [False, True], [False, True])
+    # N = 4096 only twice (it is the slow one): both orders, real and complex.
+    if n < 4096 or (nb == 3 and inc and cw and not cx) or (nb == 2 and not inc and not cw and not cx)
+]
+
+
+@pytest.mark.parametrize("n,nblocks,inc,complex_w,complex_x", CASES)
+def test_blocked_and_dense_equal_reference_float64(n, nblocks, inc, complex_w, complex_x):
+    tw = _twiddle(n, nblocks, complex_w, torch.float64, seed=n + 7 * nblocks)
+    g = torch.Generator().manual_seed(n)
+    rows = 3 if n == 4096 else 5
+    x = torch.randn(2, rows, n, dtype=torch.float64, generator=g)  # leading dims (2, rows)
+    if complex_x:
+        x = torch.complex(x, torch.randn(2, rows, n, dtype=torch.float64, generator=g))
+    ref = butterfly_multiply_reference(x, tw, inc)
+    for backend in ("blocked", "dense"):
+        y = butterfly_multiply(x, tw, inc, backend=backend)
+        assert y.shape == ref.shape and y.dtype == ref.dtype
+        assert _rel(y, ref) < 1e-12, backend
+
+
+@pytest.mark.parametrize("n", [16, 512])
+@pytest.mark.parametrize("inc", [True, False])
+def test_every_split_and_chunking(n, inc, small_chunks):
+    tw = _twiddle(n, 3, True, torch.float64, seed=n)
+    x = torch.randn(10, n, dtype=torch.float64)
+    ref = butterfly_multiply_reference(x, tw, inc)
+    for split in range(1, n.bit_length() - 1):
+        assert _rel(cpu.butterfly_multiply_blocked(x, tw, inc, split=split), ref) < 1e-12, split
+
+
+@pytest.mark.parametrize("n,complex_w", [(64, False), (64, True), (1024, True)])
+def test_float32_within_1e5(n, complex_w):
+    tw64 = _twiddle(n, 2, complex_w, torch.float64, seed=3)
+    tw = tw64.to(torch.complex64 if complex_w else torch.float32)
+    x = torch.randn(7, n)
+    ref = butterfly_multiply_reference(x.double(), tw.to(tw64.dtype), True)
+    for backend in ("blocked", "dense"):
+        y = butterfly_multiply(x, tw, True, backend=backend)
+        assert y.dtype == tw.dtype
+        assert _rel(y.to(ref.dtype), ref) < 1e-5, backend
+
+
+def test_non_contiguous_input_and_half_precision():
+    tw = _twiddle(32, 2, False, torch.float32, seed=1)
+    x = torch.randn(32, 9).t()  # (9, 32) with strides (1, 9)
+    ref = butterfly_multiply_reference(x, tw)
+    for backend in ("blocked", "dense"):
+        torch.testing.assert_close(butterfly_multiply(x, tw, backend=backend), ref, rtol=1e-5, atol=1e-5)
+    xb = x.to(torch.bfloat16)
+    y = butterfly_multiply(xb, tw, backend="blocked")
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y, butterfly_multiply_reference(xb, tw))
+
+
+@pytest.mark.parametrize("complex_", [False, True])
+@pytest.mark.parametrize("inc", [True, False])
+def test_gradcheck_blocked(complex_, inc, small_chunks):
+    dtype = torch.complex128 if complex_ else torch.float64
+    tw = _twiddle(8, 2, complex_, dtype, seed=5).requires_grad_()
+    x = torch.randn(4, 8, dtype=dtype).requires_grad_()
+    for split in (1, 2):
+        assert torch.autograd.gradcheck(
+            lambda a, t: cpu.butterfly_multiply_blocked(a, t, inc, split=split), (x, tw), fast_mode=split == 2
+        )
+    # Real input, complex twiddle: the first pass is a real GEMM.
+    xr = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, t: cpu.butterfly_multiply_blocked(a, t, inc), (xr, tw))
+
+
+def test_gradients_match_reference_at_512():
+    tw = _twiddle(512, 3, True, torch.float64, seed=2).requires_grad_()
+    x = torch.randn(5, 512, dtype=torch.float64, requires_grad=True)
+    gy = torch.randn(5, 512, dtype=torch.complex128)
+    grads = {}
+    for backend in ("torch", "blocked", "dense"):
+        y = butterfly_multiply(x, tw, True, backend=backend)
+        grads[backend] = torch.autograd.grad((y * gy.conj()).real.sum(), (x, tw))
+    for backend in ("blocked", "dense"):
+        for got, ref in zip(grads[backend], grads["torch"]):
+            assert _rel(got, ref) < 1e-12, backend
+
+
+# K-matrix path: no padding to N, truncated first / last passes, or the materialised (in x out) matrix.
+KCASES = [
+    (1024, 400, 201, 2, False),  # shape of the Bluestein one-sided DFT of n_fft = 400
+    (512, 512, 257, 3, True),  # shape of the power-of-two one-sided DFT
+    (256, 80, 40, 2, False),
+    (64, 64, 64, 1, True),
+    (8, 3, 8, 3, False),
+    (2, 1, 2, 2, True),
+    (16, 16, 40, 2, True),  # stacked: out_features > N
+    (32, 1, 1, 2, False),
+]
+
+
+@pytest.mark.parametrize("n,in_f,out_f,nblocks,inc", KCASES)
+@pytest.mark.parametrize("complex_w", [False, True])
+def test_kmatrix_cpu_paths_equal_reference(n, in_f, out_f, nblocks, inc, complex_w, small_chunks):
+    nstacks = -(-out_f // n)
+    tw = torch.stack([_twiddle(n, nblocks, complex_w, torch.float64, seed=k) for k in range(nstacks)])
+    x = torch.randn(3, 4, in_f, dtype=torch.float64)
+    ref = kmatrix_multiply(x, tw, out_f, inc, backend="torch")
+    assert ref.shape == (3, 4, out_f)
+    for method in ("blocked", "dense", "auto"):
+        y = kmatrix_multiply(x, tw, out_f, inc, backend=method)
+        assert y.shape == ref.shape and y.dtype == ref.dtype
+        assert _rel(y, ref) < 1e-12, method
+    # float32 / complex64
+    tw32 = tw.to(torch.complex64 if complex_w else torch.float32)
+    for method in ("blocked", "dense"):
+        y = kmatrix_multiply(x.float(), tw32, out_f, inc, backend=method)
+        assert _rel(y.to(ref.dtype), ref) < 1e-5, method
+
+
+def test_kmatrix_gradients_match_reference(small_chunks):
+    tw = _twiddle(64, 2, True, torch.float64, seed=9)[None].requires_grad_()
+    x = torch.randn(6, 25, dtype=torch.float64, requires_grad=True)
+    gy = torch.randn(6, 33, dtype=torch.complex128)
+    grads = {}
+    for method in ("torch", "blocked", "dense"):
+        y = kmatrix_multiply(x, tw, 33, False, backend=method)
+        grads[method] = torch.autograd.grad((y * gy.conj()).real.sum(), (x, tw))
+    for method in ("blocked", "dense"):
+        for got, ref in zip(grads[method], grads["torch"]):
+            assert _rel(got, ref) < 1e-12, method
+
+
+def test_dft_construction_through_every_cpu_path():
+    constructions = pytest.importorskip("kfrontend.constructions")
+    for n in (400, 512):
+        m = constructions.dft(n, onesided=True, dtype=torch.complex128)
+        x = torch.randn(6, n, dtype=torch.float64)
+        ref = torch.fft.rfft(x)
+        for method in ("blocked", "dense", "auto"):
+            y = kmatrix_multiply(x, m.twiddle, m.out_features, m.increasing_stride, backend=method)
+            assert _rel(y, ref) < 1e-12, (n, method)
+
+
+def test_backend_choice_follows_the_cost_model():
+    tw = _twiddle(1024, 3, True, torch.float32, seed=0).to(torch.complex64)
+    # One row: building blocked matrices costs more than the stage-by-stage reference.
+    assert cpu.choose_backend(torch.randn(1, 1024), tw) == "torch"
+    assert cpu.choose_backend(torch.randn(48000, 1024), tw) in ("blocked", "dense")
+    # A K-matrix whose (in x out) matrix is small next to N: materialising it wins.
+    tw6 = _twiddle(1024, 2, True, torch.float32, seed=0).to(torch.complex64)[None]
+    assert cpu.kmatrix_backend(torch.randn(48000, 40), tw6, 40) == "dense"
+
+
+def test_bad_arguments():
+    tw = _twiddle(8, 1, False, torch.float64, seed=0)
+    with pytest.raises(ValueError, match="split"):
+        cpu.butterfly_multiply_blocked(torch.randn(2, 8, dtype=torch.float64), tw, split=3)
+    with pytest.raises(ValueError, match="power of two"):
+        cpu.butterfly_multiply_blocked(torch.randn(2, 6), tw)
+    with pytest.raises(ValueError, match="method"):
+        cpu.kmatrix_multiply_cpu(torch.randn(2, 8, dtype=torch.float64), tw[None], 8, True, "fast")
+    with pytest.raises(ValueError, match="backend"):
+        kmatrix_multiply(torch.randn(2, 8, dtype=torch.float64), tw[None], 8, backend="fast")
+    with pytest.raises(ValueError, match="twiddle"):
+        kmatrix_multiply(torch.randn(2, 8), tw[None, :, :2], 8, backend="blocked")
