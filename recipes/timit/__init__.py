@@ -1,0 +1,1 @@
+"""TIMIT recipe: synthetic corpus, manifests, front end + BiLSTM-CTC training, PER. See README "TIMIT recipe"."""

@@ -1,0 +1,161 @@
+"""python -m recipes.timit {synth,prepare,train,evaluate,demo} ... (run from the repository root)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _synth(a):
+    from recipes.timit.synth import synth_corpus
+    synth_corpus(a.out, speakers=a.speakers, utts_per_speaker=a.utts_per_speaker, seed=a.seed,
+                 layout=a.layout, case=a.case, audio_format=a.audio, jobs=a.jobs)
+
+
+def _prepare(a):
+    from recipes.timit.prepare import CorpusError, prepare
+    try:
+        prepare(a.timit, a.out, skip_bad=a.skip_bad)
+    except CorpusError as e:
+        print(f"prepare: {e}", file=sys.stderr)
+        return 1
+
+
+def _train(a):
+    from recipes.timit.train import load_config, train
+    over = list(a.overrides)
+    if a.max_steps is not None:
+        over.append(f"max_steps={a.max_steps}")
+    cfg = load_config(a.config, over)
+    train(a.data, a.exp, cfg)
+
+
+def _evaluate(a):
+    from recipes.timit.evaluate import evaluate, table
+    rows = [evaluate(e, a.split, which=a.checkpoint, beam=a.beam, data=a.data) for e in a.exp]
+    print(table(rows))
+    if a.markdown:
+        Path(a.markdown).write_text(table(rows, markdown=True) + "\n")
+
+
+def _demo(a):
+    from recipes.timit.evaluate import evaluate, table
+    from recipes.timit.prepare import prepare
+    from recipes.timit.train import load_config, train
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if a.timit:
+        corpus = Path(a.timit)
+    else:
+        from recipes.timit.synth import synth_corpus
+        corpus = synth_corpus(work / "corpus", speakers=a.speakers, utts_per_speaker=a.utts_per_speaker,
+                              seed=a.seed)
+    data = work / "data"
+    done = data / "prepare.json"
+    if not (done.exists() and json.loads(done.read_text())["corpus"] == str(corpus.resolve())):
+        prepare(corpus, data, skip_bad=a.skip_bad)
+    rows = []
+    for fe in a.frontends.split(","):
+        over = {"frontend": fe, "max_steps": a.max_steps}
+        if fe not in ("mfsc", "mfcc"):
+            over["frontend_lr"] = a.frontend_lr
+            if fe in ("kaleidoscope", "kaleidoscope_mfcc"):  # initialised as MFSC / MFCC: freeze, then fine-tune
+                over["frontend_freeze_epochs"] = a.freeze_epochs
+        cfg = load_config(a.config, over)
+        exp = work / "exp" / fe
+        train(data, exp, cfg)
+        rows.append(evaluate(exp, "test"))
+    print()
+    print(table(rows))
+    (work / "results.md").write_text(table(rows, markdown=True) + "\n")
+    _combined_curves(work / "exp", [r["exp"] for r in rows])
+    print(f"\ncurves: {work / 'exp'}/<front end>/curves.png and {work / 'curves.png'}; "
+          f"per-utterance hypotheses: {work / 'exp'}/<front end>/decode_test/hyp.txt")
+
+
+def _combined_curves(exp_root: Path, names: list[str]):
+    import csv
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name in names:
+        for i, (fname, key) in enumerate((("train_log.csv", "loss"), ("dev_log.csv", "dev_per"))):
+            p = exp_root / name / fname
+            if p.exists():
+                with open(p) as f:
+                    r = list(csv.DictReader(f))
+                ax[i].plot([int(x["step"]) for x in r], [float(x[key]) for x in r], lw=1, label=name)
+    ax[0].set(xlabel="step", ylabel="train CTC loss per phone", yscale="log")
+    ax[1].set(xlabel="step", ylabel="dev PER % (39 phones)")
+    for a in ax:
+        a.grid(alpha=0.3)
+        a.legend()
+    fig.tight_layout()
+    fig.savefig(exp_root.parent / "curves.png", dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m recipes.timit",
+                                description="TIMIT phone recognition with learnable kaleidoscope front ends")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="build a synthetic TIMIT-layout corpus with espeak-ng")
+    s.add_argument("--out", required=True)
+    s.add_argument("--speakers", type=int, default=12)
+    s.add_argument("--utts-per-speaker", type=int, default=10)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--layout", choices=("ldc", "flat"), default="ldc")
+    s.add_argument("--case", choices=("upper", "lower"), default="upper")
+    s.add_argument("--audio", choices=("sphere", "riff"), default="sphere")
+    s.add_argument("--jobs", type=int, default=None, help="worker processes (default: CPU count)")
+    s.set_defaults(fn=_synth)
+
+    s = sub.add_parser("prepare", help="train/dev/test manifests from a TIMIT corpus")
+    s.add_argument("--timit", required=True, help="corpus root (LDC layout, or the flat NLTK sample)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--skip-bad", action="store_true", help="report bad files and leave them out")
+    s.set_defaults(fn=_prepare)
+
+    s = sub.add_parser("train", help="train (or resume) an experiment")
+    s.add_argument("--data", required=True, help="directory written by prepare")
+    s.add_argument("--exp", required=True, help="experiment directory (resumed when it holds last.pt)")
+    s.add_argument("--config", default="small", help="small | paper | path to a JSON config")
+    s.add_argument("--max-steps", type=int, default=None)
+    s.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. frontend=kaleidoscope")
+    s.set_defaults(fn=_train)
+
+    s = sub.add_parser("evaluate", help="decode and score experiments; print a comparison table")
+    s.add_argument("--exp", required=True, nargs="+")
+    s.add_argument("--split", choices=("dev", "test"), default="test")
+    s.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    s.add_argument("--beam", type=int, default=1, help="CTC prefix beam width (1: greedy)")
+    s.add_argument("--markdown", default=None, help="also write the table as Markdown to this file")
+    s.add_argument("--data", default=None, help="manifests directory (default: the one used in training)")
+    s.set_defaults(fn=_evaluate)
+
+    s = sub.add_parser("demo", help="synth -> prepare -> train -> evaluate, resumable")
+    s.add_argument("--work", required=True)
+    s.add_argument("--timit", default=None, help="use this real TIMIT instead of the synthetic corpus")
+    s.add_argument("--speakers", type=int, default=12)
+    s.add_argument("--utts-per-speaker", type=int, default=10)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--config", default="small")
+    s.add_argument("--frontends", default="mfsc,kaleidoscope",
+                   help="comma-separated front ends to train and compare")
+    s.add_argument("--max-steps", type=int, default=300)
+    s.add_argument("--frontend-lr", type=float, default=1e-3)
+    s.add_argument("--freeze-epochs", type=int, default=2,
+                   help="epochs with the exact-init front ends frozen before fine-tuning")
+    s.add_argument("--skip-bad", action="store_true")
+    s.set_defaults(fn=_demo)
+
+    a = p.parse_args(argv)
+    return a.fn(a) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,523 @@
+"""Training: front end + BiLSTM-CTC on the 48 TIMIT phones, resumable exactly, single or multi process.
+
+Multi-GPU / multi-node: launch with ``torchrun`` (``torchrun --nproc_per_node 2 -m recipes.timit
+train ...``); NCCL on GPUs, gloo on CPUs. ``batch_size`` is the *global* batch: every rank takes the
+items ``rank::world`` of each global batch and the loss is scaled so that DDP's gradient average
+equals the single-process gradient of the whole batch.
+
+Checkpoints (``last.pt`` every ``save_every_steps`` and at each evaluation, ``best.pt`` on the best
+dev PER) are written to a temporary file and renamed. ``last.pt`` holds the model, optimiser and
+schedule states, the RNG states of every rank (python, numpy, torch, CUDA) and the position (epoch,
+batches consumed in it): restarting the same command after a kill continues exactly where the
+checkpoint was taken, as if uninterrupted.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from recipes.timit.data import Utterances, collate, epoch_batches, feasible, shard
+from recipes.timit.evaluate import decode_rows, score
+from recipes.timit.model import FRONTENDS, LEARNABLE, Recognizer
+from recipes.timit.prepare import load_manifest
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+# keys that may change when a run is resumed (they do not change the computation)
+RESUMABLE_CHANGES = {"max_steps", "kill_after_steps", "log_every_steps", "num_workers", "tensorboard",
+                     "eval_batch_size", "save_every_steps", "cpu_threads"}
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration
+
+def load_config(name_or_path: str = "small", overrides: list[str] | dict | None = None) -> dict:
+    """A named config (``small``, ``paper``) or a JSON file, with ``key=value`` overrides (values
+    parsed as JSON when possible: ``lr=1e-3``, ``bucket=false``, ``frontend=kaleidoscope``)."""
+    path = CONFIG_DIR / f"{name_or_path}.json"
+    if not path.exists():
+        path = Path(name_or_path)
+    if not path.exists():
+        raise FileNotFoundError(f"config {name_or_path!r}: neither a named config "
+                                f"({', '.join(p.stem for p in CONFIG_DIR.glob('*.json'))}) nor a file")
+    cfg = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+    base = {k: v for k, v in json.loads((CONFIG_DIR / "small.json").read_text()).items()
+            if not k.startswith("_")}
+    unknown = set(cfg) - set(base)
+    if unknown:
+        raise ValueError(f"{path}: unknown config keys {sorted(unknown)}; valid keys: {sorted(base)}")
+    cfg = {**base, **cfg}
+    items = overrides.items() if isinstance(overrides, dict) else (_parse_override(o) for o in overrides or [])
+    for k, v in items:
+        if k not in base:
+            raise ValueError(f"unknown config key {k!r}; valid keys: {sorted(base)}")
+        cfg[k] = v
+    validate_config(cfg)
+    return cfg
+
+
+def _parse_override(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise ValueError(f"overrides must look like key=value, got {text!r}")
+    k, v = text.split("=", 1)
+    try:
+        return k, json.loads(v)
+    except json.JSONDecodeError:
+        return k, v
+
+
+def validate_config(cfg: dict) -> None:
+    if cfg["frontend"] not in FRONTENDS:
+        raise ValueError(f"frontend must be one of {FRONTENDS}, got {cfg['frontend']!r}")
+    if cfg["schedule"] not in ("cosine", "plateau", "constant"):
+        raise ValueError(f"schedule must be 'cosine', 'plateau' or 'constant', got {cfg['schedule']!r}")
+    for k in ("hidden", "layers", "batch_size", "epochs", "subsample", "n_mels", "n_fft", "hop_length"):
+        if not isinstance(cfg[k], int) or isinstance(cfg[k], bool) or cfg[k] < 1:
+            raise ValueError(f"{k} must be a positive integer, got {cfg[k]!r}")
+    for k in ("max_steps", "kill_after_steps"):
+        if cfg[k] is not None and (not isinstance(cfg[k], int) or cfg[k] < 1):
+            raise ValueError(f"{k} must be null or a positive integer, got {cfg[k]!r}")
+    if not (isinstance(cfg["lr"], (int, float)) and cfg["lr"] > 0):
+        raise ValueError(f"lr must be > 0, got {cfg['lr']!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# learning-rate schedule (own class: a few lines, exact state for resume)
+
+class Schedule:
+    """lr = base_lr x warmup(step) x (cosine(step) | plateau scale | 1). ``base_lr`` lives in each
+    optimiser param group, so groups (front end / recognizer) keep their own rates."""
+
+    def __init__(self, optimizer, cfg: dict, total_steps: int):
+        self.opt, self.kind, self.total = optimizer, cfg["schedule"], max(1, total_steps)
+        self.warmup, self.min_ratio = cfg["warmup_steps"], cfg["min_lr_ratio"]
+        self.factor, self.patience = cfg["plateau_factor"], cfg["plateau_patience"]
+        self.scale, self.best, self.bad = 1.0, math.inf, 0
+
+    def set_step(self, step: int) -> float:
+        w = min(1.0, (step + 1) / self.warmup) if self.warmup else 1.0
+        if self.kind == "cosine":
+            t = min(step, self.total) / self.total
+            m = self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+        else:
+            m = self.scale
+        for g in self.opt.param_groups:
+            g["lr"] = g["base_lr"] * w * m
+        return w * m
+
+    def on_eval(self, metric: float) -> None:
+        if self.kind != "plateau" or not math.isfinite(metric):
+            return
+        if metric < self.best - 1e-9:
+            self.best, self.bad = metric, 0
+        else:
+            self.bad += 1
+            if self.bad >= self.patience:
+                self.scale *= self.factor
+                self.bad = 0
+
+    def state_dict(self):
+        return {"scale": self.scale, "best": self.best, "bad": self.bad, "total": self.total}
+
+    def load_state_dict(self, s):
+        self.scale, self.best, self.bad, self.total = s["scale"], s["best"], s["bad"], s["total"]
+
+
+# ----------------------------------------------------------------------------------------------
+# processes
+
+class Dist:
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.on = self.world > 1
+
+    def init(self, device_kind: str):
+        if self.on and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+
+    def barrier(self):
+        if self.on:
+            torch.distributed.barrier()
+
+    def all_min(self, flag: bool, device) -> bool:
+        if not self.on:
+            return flag
+        t = torch.tensor([1 if flag else 0], device=device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+        return bool(t.item())
+
+    def all_sum(self, value: float, device) -> float:
+        if not self.on:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(t)
+        return float(t.item())
+
+    def gather(self, obj):
+        if not self.on:
+            return [obj]
+        out = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj):
+        if not self.on:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def rng_state() -> dict:
+    s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def set_rng_state(s: dict) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temporary file in the same directory, fsync, rename over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# logs and curves
+
+class CsvLog:
+    def __init__(self, path: Path, fields: list[str], keep_until_step: int | None):
+        self.path, self.fields = path, fields
+        rows = []
+        if path.exists() and keep_until_step is not None:
+            with open(path) as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until_step]
+        with open(path, "w", newline="") as f:  # a resumed run drops rows logged after its checkpoint
+            w = csv.DictWriter(f, fields)
+            w.writeheader()
+            w.writerows(rows)
+
+    def add(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, self.fields).writerow(row)
+
+
+def plot_curves(exp: Path) -> Path | None:
+    """curves.png: training loss (per phone) and dev PER against steps."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def read(name):
+        p = exp / name
+        if not p.exists():
+            return []
+        with open(p) as f:
+            return list(csv.DictReader(f))
+
+    tr, dv = read("train_log.csv"), read("dev_log.csv")
+    if not tr and not dv:
+        return None
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    if tr:
+        ax[0].plot([int(r["step"]) for r in tr], [float(r["loss"]) for r in tr], lw=1, label="train")
+    if dv:
+        ax[0].plot([int(r["step"]) for r in dv], [float(r["dev_loss"]) for r in dv], "o-", lw=1, label="dev")
+        ax[1].plot([int(r["step"]) for r in dv], [float(r["dev_per"]) for r in dv], "o-", lw=1)
+    ax[0].set(xlabel="step", ylabel="CTC loss per phone", title=exp.name, yscale="log")
+    ax[0].legend()
+    ax[1].set(xlabel="step", ylabel="dev PER % (39 phones)", title="dev PER")
+    for a in ax:
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    out = exp / "curves.png"
+    fig.savefig(out.with_name("curves.tmp.png"), dpi=100)
+    plt.close(fig)
+    os.replace(out.with_name("curves.tmp.png"), out)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# training
+
+def _optimizer(model: Recognizer, cfg: dict):
+    fe_ids = {id(p) for p in model.frontend.parameters()}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in fe_ids], "lr": cfg["lr"],
+               "name": "recognizer"}]
+    if model.learnable_frontend:
+        fe_lr = cfg["frontend_lr"] if cfg["frontend_lr"] is not None else cfg["lr"]
+        groups += model.frontend.param_groups(lr=fe_lr)
+    for g in groups:
+        g["base_lr"] = g["lr"]
+    return torch.optim.Adam(groups, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+
+
+def _clip(params, max_norm: float) -> float | None:
+    """Clip the gradients of ``params`` to ``max_norm`` together; their norm before clipping (None
+    when none has a gradient: no learnable or a frozen front end)."""
+    ps = [p for p in params if p.grad is not None]
+    if not ps:
+        return None
+    return float(torch.nn.utils.clip_grad_norm_(ps, max_norm))
+
+
+def _frontend_frozen(cfg: dict, epoch: int) -> bool:
+    return cfg["frontend"] in LEARNABLE and epoch < cfg["frontend_freeze_epochs"]
+
+
+def train(data, exp, cfg: dict, *, progress: bool = True) -> dict:
+    """Train (or resume) the experiment in ``exp`` on the manifests in ``data``; returns the summary."""
+    validate_config(cfg)
+    dist = Dist()
+    if cfg["device"] == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        kind = cfg["device"]
+    device = torch.device(f"cuda:{dist.local_rank}" if kind == "cuda" else "cpu")
+    if kind == "cpu" and cfg["cpu_threads"]:
+        # small LSTMs gain little from more threads, and OpenMP threads spinning on a busy or
+        # shared machine (DDP ranks, data workers, other jobs) can slow a step down tenfold
+        torch.set_num_threads(cfg["cpu_threads"])
+    if kind == "cuda":
+        torch.cuda.set_device(device)
+    dist.init(kind)
+    main = dist.rank == 0
+    say = print if (main and progress) else (lambda *a, **k: None)
+    exp, data = Path(exp), Path(data).resolve()
+    cfg = dict(cfg, data=str(data))
+
+    ckpt = None
+    if (exp / "last.pt").exists():
+        ckpt = torch.load(exp / "last.pt", map_location="cpu", weights_only=False)
+        old = ckpt["config"]
+        diff = {k for k in set(old) | set(cfg) if old.get(k) != cfg.get(k)} - RESUMABLE_CHANGES
+        if diff:
+            raise ValueError(f"{exp} holds a run with a different configuration ({', '.join(sorted(diff))}: "
+                             + ", ".join(f"{k}={old.get(k)!r} there, {cfg.get(k)!r} now" for k in sorted(diff))
+                             + "); use another --exp or the same settings")
+        say(f"train: resuming {exp} at step {ckpt['step']} (epoch {ckpt['epoch']}, "
+            f"batch {ckpt['batch_in_epoch']})")
+    elif main:
+        exp.mkdir(parents=True, exist_ok=True)
+        (exp / "config.json").write_text(json.dumps(cfg, indent=1))
+    dist.barrier()
+
+    torch.manual_seed(cfg["seed"])
+    random.seed(cfg["seed"])
+    np.random.seed(cfg["seed"])
+    model = Recognizer(cfg).to(device)
+    # after the (identical) initialisation, each rank draws its own dropout masks
+    torch.manual_seed(cfg["seed"] + 1000 * dist.rank)
+
+    rows, bad = feasible(load_manifest(data, "train"), model.num_frames)
+    if bad:
+        say(f"train: leaving out {len(bad)} utterance(s) too short for their phone count under CTC "
+            f"(subsample={cfg['subsample']}): {', '.join(r['utt'] for r in bad[:5])}"
+            + (" ..." if len(bad) > 5 else ""))
+    dev_rows = load_manifest(data, "dev")
+    ds = Utterances(rows)
+    per_epoch = len(epoch_batches(ds.lengths, cfg["batch_size"], cfg["seed"], 0,
+                                  bucket=cfg["bucket"], world=dist.world))
+    if per_epoch == 0:
+        raise ValueError(f"no training batches: {len(rows)} usable utterances, batch_size {cfg['batch_size']}")
+    total = cfg["epochs"] * per_epoch
+    if cfg["max_steps"]:
+        total = min(total, cfg["max_steps"])
+
+    opt = _optimizer(model, cfg)
+    fe_ids = {id(p) for p in model.frontend.parameters()}
+    rec_params = [p for p in model.parameters() if id(p) not in fe_ids]
+    fe_params = list(model.frontend.parameters())
+    sched = Schedule(opt, cfg, total)
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_dev_per": math.inf, "best_step": None,
+             "bad_steps_total": 0, "bad_in_a_row": 0, "wall_s": 0.0, "last_eval_step": None}
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["schedule"])
+        state.update({k: ckpt[k] for k in state})
+        rngs = ckpt["rng"]
+        if len(rngs) != dist.world:
+            say(f"train: warning: checkpoint from {len(rngs)} process(es), now {dist.world}: RNG states "
+                f"(dropout) are not restored exactly")
+        set_rng_state(rngs[dist.rank % len(rngs)])
+    max_steps = min(cfg["max_steps"] or math.inf, cfg["epochs"] * per_epoch)
+
+    params = model.parameter_counts()
+    if main:
+        say(f"train: {cfg['frontend']} front end, {params['total']:,} parameters "
+            f"({params['frontend']:,} in the front end), {len(rows)} utterances, {per_epoch} batches/epoch, "
+            f"{dist.world} process(es) on {kind}")
+    keep = state["step"] if ckpt is not None else None
+    tlog = dlog = None
+    if main:
+        tlog = CsvLog(exp / "train_log.csv", ["step", "epoch", "loss", "grad_norm", "frontend_grad_norm", "lr",
+                                              "skipped", "wall_s"], keep)
+        dlog = CsvLog(exp / "dev_log.csv", ["step", "epoch", "dev_loss", "dev_per", "sub", "del", "ins",
+                                            "lr", "wall_s"], keep)
+    tb = None
+    if main and cfg["tensorboard"]:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            tb = SummaryWriter(str(exp / "tensorboard"))
+        except Exception as e:  # tensorboard not installed
+            say(f"train: tensorboard unavailable ({e}); CSV logs only")
+    autocast = torch.bfloat16 if (kind == "cuda" and cfg["bf16"]) else None
+
+    t_start = time.time() - state["wall_s"]
+
+    def checkpoint():
+        rngs = dist.gather(rng_state())
+        if main:
+            state["wall_s"] = time.time() - t_start
+            atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                         "schedule": sched.state_dict(), "rng": rngs, "config": cfg, **state},
+                        exp / "last.pt")
+        dist.barrier()
+
+    def evaluate_dev():
+        result = None
+        if main:
+            decoded, loss = decode_rows(model, dev_rows, device, batch_size=cfg["eval_batch_size"],
+                                        autocast_dtype=autocast)
+            result = dict(score(decoded), loss=loss)
+        result = dist.broadcast(result)
+        sched.on_eval(result["per"])
+        state["last_eval_step"] = state["step"]
+        if main:
+            dlog.add({"step": state["step"], "epoch": state["epoch"], "dev_loss": f"{result['loss']:.5f}",
+                      "dev_per": f"{result['per']:.3f}", "sub": result["sub"], "del": result["del"],
+                      "ins": result["ins"], "lr": f"{opt.param_groups[0]['lr']:.3e}",
+                      "wall_s": f"{time.time() - t_start:.1f}"})
+            if tb:
+                tb.add_scalar("dev/per", result["per"], state["step"])
+            if result["per"] < state["best_dev_per"]:
+                state["best_dev_per"], state["best_step"] = result["per"], state["step"]
+                atomic_save({"model": model.state_dict(), "config": cfg, "step": state["step"],
+                             "dev_per": result["per"]}, exp / "best.pt")
+            plot_curves(exp)
+        state["best_dev_per"], state["best_step"] = dist.broadcast((state["best_dev_per"], state["best_step"]))
+        say(f"train: step {state['step']} epoch {state['epoch']} dev loss {result['loss']:.4f} "
+            f"PER {result['per']:.2f}% (best {state['best_dev_per']:.2f}% at step {state['best_step']})")
+        return result
+
+    from tqdm import tqdm
+    bar = tqdm(total=max_steps if math.isfinite(max_steps) else None, initial=state["step"],
+               disable=not (main and progress), unit="step", desc=f"train {exp.name}", dynamic_ncols=True)
+    wrapped, wrapped_frozen = None, None
+    model.train()
+    while state["step"] < max_steps:
+        epoch = state["epoch"]
+        frozen = _frontend_frozen(cfg, epoch)
+        if model.learnable_frontend:
+            model.frontend.set_trainable(not frozen)
+        if dist.on and (wrapped is None or wrapped_frozen != frozen):
+            # DDP records which parameters need gradients when it is built: rebuild it when the
+            # front end is frozen or unfrozen
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            wrapped = DDP(model, device_ids=[dist.local_rank] if kind == "cuda" else None)
+            wrapped_frozen = frozen
+        net = wrapped if dist.on else model
+        batches = epoch_batches(ds.lengths, cfg["batch_size"], cfg["seed"], epoch,
+                                bucket=cfg["bucket"], world=dist.world)
+        todo = batches[state["batch_in_epoch"]:]
+        loader = torch.utils.data.DataLoader(
+            ds, batch_sampler=[shard(b, dist.rank, dist.world) for b in todo], collate_fn=collate,
+            num_workers=cfg["num_workers"], generator=torch.Generator().manual_seed(cfg["seed"] + epoch))
+        for global_batch, batch in zip(todo, loader):
+            if state["step"] >= max_steps:
+                break
+            lr_scale = sched.set_step(state["step"])
+            wave, lengths = batch["wave"].to(device), batch["lengths"].to(device)
+            tgt, tlen = batch["targets"].to(device), batch["target_lengths"].to(device)
+            lp, n = net(wave, lengths, autocast)
+            per_item = F.ctc_loss(lp.transpose(0, 1), tgt, n, tlen, blank=0, reduction="none",
+                                  zero_infinity=False) / tlen
+            # DDP averages gradients over ranks: scale so the average is the global-batch mean
+            loss = per_item.sum() * (dist.world / len(global_batch))
+            finite = dist.all_min(bool(torch.isfinite(per_item).all()), device)
+            grad_norm, fe_grad_norm = float("nan"), None
+            if finite:
+                loss.backward()
+                # clipped separately: the front end's gradient norm can be 100x the recognizer's,
+                # and one global clip would then shrink the recognizer's steps with it
+                grad_norm = _clip(rec_params, cfg["clip_grad_norm"]) or 0.0
+                fe_grad_norm = _clip(fe_params, cfg["clip_grad_norm"])
+            skipped = not (finite and math.isfinite(grad_norm)
+                           and (fe_grad_norm is None or math.isfinite(fe_grad_norm)))
+            if skipped:
+                state["bad_steps_total"] += 1
+                state["bad_in_a_row"] += 1
+            else:
+                opt.step()
+                state["bad_in_a_row"] = 0
+            opt.zero_grad(set_to_none=True)
+            state["step"] += 1
+            state["batch_in_epoch"] += 1
+            mean_loss = dist.all_sum(float(per_item.detach().sum()) if finite else 0.0, device) / len(global_batch)
+            bar.update(1)
+            if main and (state["step"] % cfg["log_every_steps"] == 0 or state["step"] == 1):
+                lr = opt.param_groups[0]["lr"]
+                tlog.add({"step": state["step"], "epoch": epoch, "loss": f"{mean_loss:.5f}" if finite else "nan",
+                          "grad_norm": f"{grad_norm:.4f}",
+                          "frontend_grad_norm": "" if fe_grad_norm is None else f"{fe_grad_norm:.4f}",
+                          "lr": f"{lr:.3e}", "skipped": state["bad_steps_total"],
+                          "wall_s": f"{time.time() - t_start:.1f}"})
+                bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", skipped=state["bad_steps_total"])
+                if tb:
+                    tb.add_scalar("train/loss", mean_loss, state["step"])
+            if state["bad_in_a_row"] > cfg["max_bad_steps"]:
+                checkpoint_note = f"{exp / 'last.pt'} (step {state['step'] - state['bad_in_a_row']} or earlier)"
+                bar.close()
+                raise RuntimeError(
+                    f"stopping: {state['bad_in_a_row']} consecutive steps with a non-finite loss or gradient "
+                    f"(max_bad_steps={cfg['max_bad_steps']}, {state['bad_steps_total']} skipped in all) at step "
+                    f"{state['step']}; lower lr / frontend_lr, check the data, or resume from {checkpoint_note}")
+            if cfg["save_every_steps"] and state["step"] % cfg["save_every_steps"] == 0:
+                checkpoint()
+            if cfg["kill_after_steps"] and state["step"] == cfg["kill_after_steps"]:
+                # testing aid: die like a killed process (no cleanup, no checkpoint)
+                sys.stdout.flush()
+                os._exit(86)
+        if state["batch_in_epoch"] >= len(batches):
+            state["epoch"] += 1
+            state["batch_in_epoch"] = 0
+            if state["epoch"] % cfg["eval_every_epochs"] == 0 or state["step"] >= max_steps:
+                evaluate_dev()
+            checkpoint()
+    bar.close()
+    if state["last_eval_step"] != state["step"]:
+        evaluate_dev()
+        checkpoint()
+    summary = {"exp": exp.name, "frontend": cfg["frontend"], "steps": state["step"], "epochs": state["epoch"],
+               "wall_s": round(state["wall_s"], 1), "best_dev_per": state["best_dev_per"],
+               "best_step": state["best_step"], "skipped_steps": state["bad_steps_total"], "params": params,
+               "processes": dist.world, "device": kind}
+    if main:
+        (exp / "summary.json").write_text(json.dumps(summary, indent=1))
+        plot_curves(exp)
+        if tb:
+            tb.close()
+    return summary
