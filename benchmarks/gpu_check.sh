@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# GPU check for the Triton butterfly kernel: CUDA tests, then the kernel benchmark.
+# GPU check: CUDA tests (kernel, public path, front end), then the kernel and front-end benchmarks.
 # Usage: benchmarks/gpu_check.sh OUTDIR      (one H100: under 8 minutes)
-# Writes OUTDIR/{env.txt, cuda_tests.txt, cuda_tests.xml, bench.txt, bench_kernel.csv, bench_kernel.json}.
+# Writes OUTDIR/{env.txt, cuda_tests.txt, cuda_tests.xml, bench.txt, bench_kernel.csv, bench_kernel.json, bench_frontend.txt}.
 # Python: $PYTHON, else the repo's .venv if it sees a GPU, else python3.
 set -u -o pipefail
 OUT=${1:?usage: benchmarks/gpu_check.sh OUTDIR}
@@ -23,7 +23,7 @@ start=$(date +%s)
 cat "$OUT/env.txt"
 
 echo "== CUDA tests"
-timeout 270 "$PY" -m pytest tests/test_cuda.py -q -rs -p no:cacheprovider --junitxml="$OUT/cuda_tests.xml" 2>&1 | tee "$OUT/cuda_tests.txt"
+timeout 270 "$PY" -m pytest tests/test_cuda.py tests/test_frontend_learning.py -m cuda -q -rs -p no:cacheprovider --junitxml="$OUT/cuda_tests.xml" 2>&1 | tee "$OUT/cuda_tests.txt"
 tests_rc=${PIPESTATUS[0]}
 echo "tests exit code: $tests_rc ($(( $(date +%s) - start ))s)"
 
@@ -33,4 +33,11 @@ left=$(( 460 - ($(date +%s) - start) ))
 timeout "$left" "$PY" benchmarks/bench_kernel.py --quick --out "$OUT" 2>&1 | tee "$OUT/bench.txt"
 bench_rc=${PIPESTATUS[0]}
 echo "benchmark exit code: $bench_rc (total $(( $(date +%s) - start ))s)"
-[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
+
+echo "== front end benchmark"
+left=$(( 470 - ($(date +%s) - start) ))
+[ "$left" -lt 45 ] && left=45
+timeout "$left" "$PY" benchmarks/bench_frontend.py --device cuda --batch 64 --seconds 8 2>&1 | tee "$OUT/bench_frontend.txt"
+fe_rc=${PIPESTATUS[0]}
+echo "front end benchmark exit code: $fe_rc (total $(( $(date +%s) - start ))s)"
+[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$fe_rc" -eq 0 ]
