@@ -76,6 +76,26 @@ def test_float32_within_1e5(n, complex_w):
         assert _rel(y.to(ref.dtype), ref) < 1e-5, backend
 
 
+def test_worker_threads_and_serial_path_agree(small_chunks):
+    """Chunks run in single-threaded worker threads when torch uses several threads, in the calling
+    thread otherwise; both give the reference, gradients too, and the thread count is restored."""
+    tw = _twiddle(64, 3, True, torch.float64, seed=4).requires_grad_()
+    x = torch.randn(11, 64, dtype=torch.float64, requires_grad=True)
+    before = torch.get_num_threads()
+    results = []
+    for threads in (2, 1):
+        torch.set_num_threads(threads)
+        try:
+            y = cpu.butterfly_multiply_blocked(x, tw, False)
+            results.append((y, *torch.autograd.grad(y.abs().sum(), (x, tw))))
+            assert torch.get_num_threads() == threads
+        finally:
+            torch.set_num_threads(before)
+    assert _rel(results[0][0], butterfly_multiply_reference(x, tw, False)) < 1e-12
+    for a, b in zip(*results):
+        assert _rel(a, b) < 1e-12
+
+
 def test_non_contiguous_input_and_half_precision():
     tw = _twiddle(32, 2, False, torch.float32, seed=1)
     x = torch.randn(32, 9).t()  # (9, 32) with strides (1, 9)
