@@ -48,6 +48,7 @@ __all__ = [
     "choose_backend",
     "kmatrix_multiply_cpu",
     "kmatrix_backend",
+    "kmatrix_rows",
     "plan_passes",
 ]
 
@@ -152,13 +153,11 @@ def _group_matrices(tw: torch.Tensor, n: int, stages, a: int, k: int) -> torch.T
     for b, i, bit in stages:
         s = 1 << (bit - a)
         # Pair j = (h * K/2 + c') * L + l with c' = c without bit (bit - a), c' = g * s + r.
-        t = tw[b, i].reshape(hh, kk // 2, ll, 2, 2).permute(0, 2, 1, 3, 4)
-        t = t.reshape(hh, ll, kk // (2 * s), s, 1, 2, 2)
-        zv = z.reshape(hh, ll, kk // (2 * s), 2, s, kk)
-        z0, z1 = zv[:, :, :, 0], zv[:, :, :, 1]
-        y0 = t[..., 0, 0] * z0 + t[..., 0, 1] * z1
-        y1 = t[..., 1, 0] * z0 + t[..., 1, 1] * z1
-        z = torch.stack((y0, y1), dim=3).reshape(hh, ll, kk, kk)
+        t = tw[b, i].reshape(hh, kk // 2, ll, 4).permute(0, 2, 1, 3)
+        t00, t01, t10, t11 = t.reshape(hh, ll, kk // (2 * s), s, 1, 4).unbind(-1)
+        # unbind, not indexing: its backward is one stack, not a zero-filled copy per index.
+        z0, z1 = z.reshape(hh, ll, kk // (2 * s), 2, s, kk).unbind(3)
+        z = torch.stack((t00 * z0 + t01 * z1, t10 * z0 + t11 * z1), dim=3).reshape(hh, ll, kk, kk)
     return z
 
 
@@ -204,6 +203,8 @@ class _PassMatricesFn(torch.autograd.Function):
 def _pass_matrices(tw, n, nblocks, increasing_stride, split, in_f, out_f, real_first=False):
     """Matrices (batch, K_out, K_in) of every pass, differentiable w.r.t. tw."""
     spec = (n, nblocks, increasing_stride, split, in_f, out_f, real_first)
+    if torch._C._functorch.is_functorch_wrapped_tensor(tw):  # torch.func transforms the plain ops
+        return list(_pass_matrices_raw(tw, *spec))
     if torch.is_grad_enabled() and tw.requires_grad:
         return list(_PassMatricesFn.apply(spec, tw))
     with _one_thread():
@@ -483,12 +484,66 @@ def butterfly_multiply_blocked(x, twiddle, increasing_stride=True, split=None):
     return y.reshape(x.shape).to(_output_dtype(x, twiddle))
 
 
+# ----------------------------------------------------------------------------------------------
+# Multiplying a K-matrix out (the front end's stages, the "dense" method)
+# ----------------------------------------------------------------------------------------------
+def _rows_split(n: int, nblocks: int, increasing_stride: bool, rows: int, stop: int, out_f: int, complex_w: bool) -> int:
+    """Bit split for ``kmatrix_rows``: the pass matrices' build (every factor on N x K entries,
+    forward and backward) plus the matmuls of the passes after the first two, for ``rows`` rows."""
+    log_n = n.bit_length() - 1
+    mult = 4.0 if complex_w else 1.0
+    best = None
+    for s in range(1, log_n):
+        runs = plan_passes(n, nblocks, increasing_stride, s)
+        k = (1 << s, 1 << (log_n - s))
+        cost = sum(len(stages) * n * k[g] * mult * 3.0 for g, stages in runs)
+        cost += sum(rows * n * k[g] * mult * _BMM_EFF for g, _ in runs[2:])
+        if best is None or cost < best[0]:
+            best = (cost, s)
+    return best[1]
+
+
+def kmatrix_rows(tw: torch.Tensor, increasing_stride: bool, out_f: int, start: int, stop: int) -> torch.Tensor:
+    """Rows ``start:stop`` of the (N, out_f) matrix W with ``kmatrix(x) == x @ W`` (one stack,
+    tw (nblocks, log2 N, N/2, 2, 2)): the K-matrix applied to identity rows, differentiable w.r.t.
+    tw by plain autograd (any device).
+
+    An identity row e_j has one nonzero, so the first two passes of the blocked plan need no
+    matmul: with j = (h_j, l_j) (high, low bits), a first pass on the low bits leaves
+    ``M0[h_j][:, l_j]`` in block h_j, and a second pass on the high bits spreads it to
+    ``y[h, l] = M1[l][h, h_j] * M0[h_j][l, l_j]``: one broadcast product per row, O(N).  Only the
+    passes after these are batched matmuls, in an (high, low, rows) layout.  The first pass is
+    truncated to the blocks that rows < stop touch, the last to the kept outputs.
+    """
+    nblocks, log_n = tw.shape[0], tw.shape[1]
+    n = 1 << log_n
+    rows = stop - start
+    if log_n == 1:
+        m = _group_matrices(tw, n, _stage_bits(n, nblocks, increasing_stride), 0, 1)[0, 0]
+        return m[:out_f, start:stop].transpose(0, 1)
+    split = _rows_split(n, nblocks, increasing_stride, rows, stop, out_f, tw.is_complex())
+    k_lo = 1 << split
+    groups = [g for g, _ in plan_passes(n, nblocks, increasing_stride, split)]
+    mats = _pass_matrices(tw, n, nblocks, increasing_stride, split, stop, out_f)
+    m0, m1 = mats[0], mats[1]
+    # z[h, l, h_j, l_j] for the input rows j = h_j K_lo + l_j: broadcasts, no gathers.
+    if groups[0] == 0:  # m0 (e_in, K_lo, K_lo) batch = high; m1 (K_lo, K_hi', e_in) batch = low
+        z = m1.permute(1, 0, 2).unsqueeze(-1) * m0.permute(1, 0, 2).unsqueeze(0)
+    else:  # m0 (K_lo, K_hi, e_in) batch = low; m1 (K_hi', K_lo, K_lo) batch = high
+        z = m1.unsqueeze(2) * m0.permute(1, 2, 0)[: m1.shape[0]].unsqueeze(1)
+    z = z.flatten(2)[:, :, start:stop]
+    # z: (high, low, rows), the entry (h, l) of row r being output index h * K_lo + l.
+    for g, m in zip(groups[2:], mats[2:]):
+        if g == 0:  # m (high batch, K_lo', K_lo)
+            z = torch.bmm(m, z[: m.shape[0]])
+        else:  # m (low batch, K_hi', K_hi): the high bits act, batched over the low ones
+            z = torch.bmm(m, z.transpose(0, 1)).transpose(0, 1)
+    return z.permute(2, 0, 1).reshape(rows, -1)[:, :out_f]
+
+
 def _kmatrix_dense_weight(tw: torch.Tensor, increasing_stride: bool, in_f: int, out_f: int) -> torch.Tensor:
-    """The (in_f, out_f) matrix W with ``kmatrix(x) == x @ W`` (one stack), differentiable: the
-    blocked path applied to the in_f x in_f identity."""
-    # A real identity: its first pass is a real GEMM even for complex twiddles.
-    eye = torch.eye(in_f, dtype=tw.real.dtype, device=tw.device)
-    return _blocked_2d(eye, tw, increasing_stride, out_f)
+    """The (in_f, out_f) matrix W with ``kmatrix(x) == x @ W`` (one stack), differentiable."""
+    return kmatrix_rows(tw, increasing_stride, out_f, 0, in_f)
 
 
 def butterfly_product_matrix(twiddle: torch.Tensor, increasing_stride: bool = True) -> torch.Tensor:

@@ -101,7 +101,6 @@ class LinearStage(nn.Module):
         self.in_features, self.out_features = target_t.shape
         self.is_complex = target_t.is_complex()
         self.structure = structure
-        self.product = "kmatrix"  # how the K-matrix is multiplied out (see kmatrix_dense_parts)
         self._cache = None
         if structure == "kaleidoscope":
             k = build()
@@ -151,10 +150,10 @@ class LinearStage(nn.Module):
         # twiddles change (in-place updates bump their version counter).
         tw = self.k.twiddle
         cacheable = not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and tw.requires_grad)
-        key = (start, stop, tw._version, tw.data_ptr(), tw.dtype, tw.device, self.product) if cacheable else None
+        key = (start, stop, tw._version, tw.data_ptr(), tw.dtype, tw.device) if cacheable else None
         if cacheable and self._cache is not None and self._cache[0] == key:
             return self._cache[1]
-        re, im = stage_matrix_parts(self.k, start, stop, self.product)
+        re, im = stage_matrix_parts(self.k, start, stop)
         if self.is_complex:
             y = torch.cat((re, torch.zeros_like(re) if im is None else im), dim=0).transpose(0, 1)
         else:  # a real stage, possibly a complex K-matrix with a real output (DCT)
@@ -188,151 +187,28 @@ class LinearStage(nn.Module):
                 f"structure={self.structure!r}, parameters={self.parameter_count()}")
 
 
-def butterfly_matrix(twiddle: torch.Tensor, increasing: bool) -> torch.Tensor:
-    """The (N, N) matrix M (``y = M x``) of one butterfly, twiddle (log2 N, N/2, 2, 2), built
-    differentiably in O(N^2) work (applying the factors to the identity costs O(N^2 log N) and
-    copies per stage).  Complex twiddles give a complex matrix (computed in real arithmetic, see
-    ``_butterfly_matrix_parts``)."""
-    if twiddle.is_complex():
-        tr = torch.view_as_real(twiddle)
-        re, im = _butterfly_matrix_parts(tr[..., 0], tr[..., 1], increasing)
-        return torch.complex(re, im)
-    return _butterfly_matrix_parts(twiddle, None, increasing)[0]
-
-
-def _butterfly_matrix_parts(t_re: torch.Tensor, t_im: torch.Tensor | None, increasing: bool,
-                            limit: int | None = None):
-    """Real and imaginary parts (imaginary None for real twiddles) of one butterfly's matrix;
-    with ``limit``, only its first ``limit`` rows (increasing order) or columns (decreasing order).
-
-    Blocks grow bottom-up: after the factors of strides 1..s (increasing order) every aligned group
-    of 2s positions holds a (2s, 2s) block, ``[[t00 A, t01 B], [t10 A, t11 B]]`` with A, B the two
-    (s, s) sub-blocks and the twiddles scaling rows; in decreasing order the stride-s factor acts
-    first, so it scales the columns: ``[[A t00, A t01], [B t10, B t11]]``.  One broadcast multiply
-    per level (four for complex), no concatenation.  Rows of a block only come from the same rows
-    of its sub-blocks, so ``limit`` rows are carried up (columns likewise in decreasing order): the
-    K-matrix's first butterfly needs only the window's columns and its last only the kept outputs.
-    Real arithmetic only, so torch.compile can generate code for it (Inductor has no complex
-    codegen).
-    """
-    log_n, half = t_re.shape[0], t_re.shape[1]
-    n = 2 * half
-    lim = n if limit is None else min(limit, n)
-    b_re = torch.ones(n, 1, 1, dtype=t_re.dtype, device=t_re.device)
-    b_im = None
-    for level in range(log_n):
-        s = 1 << level
-        g = n // (2 * s)
-        i = level if increasing else log_n - 1 - level
-        keep = min(lim, s)  # rows (increasing) / columns (decreasing) the sub-blocks carry
-        half_only = lim <= s  # the new block needs only its first half of them
-
-        def expand(t, sub):
-            t = t[i].reshape(g, s, 2, 2)[:, :keep]
-            if half_only:  # output half o = 0 (increasing) / input half i = 0 (decreasing)
-                t = t[:, :, :1] if increasing else t[..., :1]
-            if increasing:  # new[g, o, r, i, c] = t[g, r, o, i] * sub[g, i, r, c]
-                sub = sub.reshape(g, 2, keep, -1)
-                return t.permute(0, 2, 1, 3).unsqueeze(-1), sub.permute(0, 2, 1, 3).unsqueeze(1)
-            # new[g, o, r, i, c] = sub[g, o, r, c] * t[g, c, o, i]
-            sub = sub.reshape(g, 2, -1, keep)
-            return t.permute(0, 2, 3, 1).unsqueeze(2), sub.unsqueeze(3)
-
-        def fold(x):
-            # (g, O, r, I, c) -> (g, rows, cols), trimmed to the limit.
-            x = x.reshape(g, x.shape[1] * x.shape[2], x.shape[3] * x.shape[4])
-            return x[:, : min(lim, 2 * s)] if increasing else x[:, :, : min(lim, 2 * s)]
-
-        tr, br = expand(t_re, b_re)
-        if t_im is None:
-            b_re = fold(tr * br)
-            continue
-        ti, _ = expand(t_im, b_re)
-        if b_im is None:  # the identity start is real
-            new_re, new_im = tr * br, ti * br
-        else:
-            _, bi = expand(t_im, b_im)
-            new_re, new_im = tr * br - ti * bi, tr * bi + ti * br
-        b_re, b_im = fold(new_re), fold(new_im)
-    return b_re[0], (None if b_im is None else b_im[0])
-
-
-def _cmatmul(a, b):
-    """(re, im) pairs (im may be None): complex matrix product in real arithmetic."""
-    (ar, ai), (br, bi) = a, b
-    if ai is None and bi is None:
-        return ar @ br, None
-    if ai is None:
-        return ar @ br, ar @ bi
-    if bi is None:
-        return ar @ br, ai @ br
-    return ar @ br - ai @ bi, ar @ bi + ai @ br
-
-
-def kmatrix_dense_parts(module: nn.Module, start: int = 0, stop: int | None = None, method: str = "kmatrix"):
+def kmatrix_dense_parts(module: nn.Module, start: int = 0, stop: int | None = None):
     """(real, imaginary or None) parts of columns ``start:stop`` of a ``kfrontend.Butterfly``'s
-    (out_features, in_features) matrix, differentiable w.r.t. its twiddle.
-
-    ``method="kmatrix"``: ``kmatrix_multiply`` (backend "auto": the blocked CPU path, the Triton
-    kernel on CUDA) applied to the ``stop - start`` identity rows; 3-8x faster than the recursion
-    on CPU (n_fft 400..2048).  ``method="recursive"``: every butterfly built by
-    ``_butterfly_matrix_parts`` in real arithmetic, multiplied from the product's narrow end ((out x
-    N) ... (N x cols)); plain differentiable torch ops (torch.func can transform it)."""
-    stop = module.in_features if stop is None else stop
-    if method == "kmatrix":
-        return _kmatrix_rows(module, start, stop)
-    if method != "recursive":
-        raise ValueError(f"method must be 'kmatrix' or 'recursive', got {method!r}")
-    from kfrontend.functional import block_is_increasing
-
-    tw = module.twiddle
-    if tw.is_complex():
-        twr = torch.view_as_real(tw)
-        t_re, t_im = twr[..., 0], twr[..., 1]
-    else:
-        t_re, t_im = tw, None
-    nstacks, nblocks, _, half = tw.shape[:4]
-    n = 2 * half
-    rows_re, rows_im = [], []
-    for k in range(nstacks):
-        out_k = min(n, module.out_features - k * n)
-        mats = []
-        for b in range(nblocks):
-            inc = block_is_increasing(b, module.increasing_stride)
-            # Only the kept outputs of the last butterfly and the window's columns of the first.
-            limit = out_k if (inc and b == nblocks - 1) else (stop if (not inc and b == 0) else None)
-            mats.append(_butterfly_matrix_parts(t_re[k, b], None if t_im is None else t_im[k, b], inc, limit))
-        first, last = mats[0], mats[-1]
-        mats[0] = (first[0][:, start:stop], None if first[1] is None else first[1][:, start:stop])
-        if nblocks == 1:
-            mats[0] = (mats[0][0][:out_k], None if mats[0][1] is None else mats[0][1][:out_k])
-        else:
-            mats[-1] = (last[0][:out_k], None if last[1] is None else last[1][:out_k])
-        if (stop - start) < out_k:
-            w = mats[0]
-            for m in mats[1:]:
-                w = _cmatmul(m, w)
-        else:
-            w = mats[-1]
-            for m in reversed(mats[:-1]):
-                w = _cmatmul(w, m)
-        rows_re.append(w[0])
-        rows_im.append(w[1])
-    re = rows_re[0] if nstacks == 1 else torch.cat(rows_re, 0)
-    im = None if rows_im[0] is None else (rows_im[0] if nstacks == 1 else torch.cat(rows_im, 0))
-    if getattr(module, "real_output", False):
-        im = None
-    return re, im
-
-
-def _kmatrix_rows(module: nn.Module, start: int, stop: int):
+    (out_features, in_features) matrix, differentiable w.r.t. its twiddle: the K-matrix applied to
+    identity rows.  On CPU (or with backend "torch") ``cpu.kmatrix_rows``: broadcasts and a few
+    small matmuls, plain torch ops; elsewhere ``kmatrix_multiply`` on the identity rows (the Triton
+    kernel on CUDA)."""
+    from kfrontend.cpu import kmatrix_rows
     from kfrontend.functional import kmatrix_multiply
 
+    stop = module.in_features if stop is None else stop
     tw = module.twiddle
-    real = tw.real.dtype if tw.is_complex() else tw.dtype
-    eye = torch.zeros(stop - start, module.in_features, dtype=real, device=tw.device)
-    eye[:, start:stop] = torch.eye(stop - start, dtype=real, device=tw.device)
-    y = kmatrix_multiply(eye, tw, module.out_features, module.increasing_stride, getattr(module, "backend", "auto"))
+    n = 2 * tw.shape[-3]
+    backend = getattr(module, "backend", "auto")
+    if tw.device.type == "cpu" or backend == "torch":
+        stacks = [kmatrix_rows(tw[k], module.increasing_stride, min(n, module.out_features - k * n), start, stop)
+                  for k in range(math.ceil(module.out_features / n))]
+        y = stacks[0] if len(stacks) == 1 else torch.cat(stacks, dim=1)
+    else:
+        real = tw.real.dtype if tw.is_complex() else tw.dtype
+        eye = torch.zeros(stop - start, module.in_features, dtype=real, device=tw.device)
+        eye[:, start:stop] = torch.eye(stop - start, dtype=real, device=tw.device)
+        y = kmatrix_multiply(eye, tw, module.out_features, module.increasing_stride, backend)
     y = y.transpose(0, 1)  # (out, cols)
     if not y.is_complex():
         return y, None
@@ -355,13 +231,13 @@ def kmatrix_dense(module: nn.Module, start: int = 0, stop: int | None = None) ->
 # so the compiled graph holds a handful of nodes per stage.  Eager mode calls the plain function.
 @torch.library.custom_op("kfrontend::kmatrix_dense", mutates_args=())
 def _kmatrix_dense_op(twiddle: torch.Tensor, in_features: int, out_features: int, start: int, stop: int,
-                      increasing_stride: bool, complex_twiddle: bool, real_output: bool, method: str) -> torch.Tensor:
+                      increasing_stride: bool, complex_twiddle: bool, real_output: bool, backend: str) -> torch.Tensor:
     return _dense_from_twiddle(twiddle, in_features, out_features, start, stop, increasing_stride,
-                               complex_twiddle, real_output, method).clone(memory_format=torch.contiguous_format)
+                               complex_twiddle, real_output, backend).clone(memory_format=torch.contiguous_format)
 
 
 @_kmatrix_dense_op.register_fake
-def _(twiddle, in_features, out_features, start, stop, increasing_stride, complex_twiddle, real_output, method):
+def _(twiddle, in_features, out_features, start, stop, increasing_stride, complex_twiddle, real_output, backend):
     parts = 2 if (complex_twiddle and not real_output) else 1
     return twiddle.new_empty((parts, out_features, stop - start))
 
@@ -369,14 +245,13 @@ def _(twiddle, in_features, out_features, start, stop, increasing_stride, comple
 @torch.library.custom_op("kfrontend::kmatrix_dense_backward", mutates_args=())
 def _kmatrix_dense_backward_op(grad: torch.Tensor, twiddle: torch.Tensor, in_features: int, out_features: int,
                                start: int, stop: int, increasing_stride: bool, complex_twiddle: bool,
-                               real_output: bool, method: str) -> torch.Tensor:
+                               real_output: bool, backend: str) -> torch.Tensor:
     # Autograd's dispatch keys are excluded inside a custom op's implementation; torch.func's vjp
-    # brings its own.
-    # The recursive form: plain torch ops, which torch.func can transform (the blocked CPU path
-    # runs worker threads that functorch's state does not reach).  Same matrix, same gradient.
+    # brings its own.  Backend "torch": ``cpu.kmatrix_rows`` on any device, plain torch ops that
+    # torch.func can transform.  Same matrix, same gradient.
     _, vjp = torch.func.vjp(lambda t: _dense_from_twiddle(t, in_features, out_features, start, stop,
                                                           increasing_stride, complex_twiddle, real_output,
-                                                          "recursive"), twiddle)
+                                                          "torch"), twiddle)
     return vjp(grad)[0].clone(memory_format=torch.contiguous_format)
 
 
@@ -399,7 +274,7 @@ _kmatrix_dense_op.register_autograd(_kmatrix_dense_bwd, setup_context=_kmatrix_d
 
 
 def _dense_from_twiddle(twiddle, in_features, out_features, start, stop, increasing_stride, complex_twiddle,
-                        real_output, method: str = "kmatrix") -> torch.Tensor:
+                        real_output, backend: str = "auto") -> torch.Tensor:
     """(parts, out, cols) stacked real (and imaginary) parts from a real twiddle tensor (the
     ``view_as_real`` of a complex one when ``complex_twiddle``)."""
 
@@ -410,21 +285,22 @@ def _dense_from_twiddle(twiddle, in_features, out_features, start, stop, increas
     m.twiddle = torch.view_as_complex(twiddle) if complex_twiddle else twiddle
     m.in_features, m.out_features, m.increasing_stride, m.real_output = (
         in_features, out_features, increasing_stride, real_output)
-    m.backend = "auto"
-    re, im = kmatrix_dense_parts(m, start, stop, method)
+    m.backend = backend
+    re, im = kmatrix_dense_parts(m, start, stop)
     return re.unsqueeze(0) if im is None else torch.stack((re, im))
 
 
-def stage_matrix_parts(module: nn.Module, start: int = 0, stop: int | None = None, method: str = "kmatrix"):
+def stage_matrix_parts(module: nn.Module, start: int = 0, stop: int | None = None):
     """``kmatrix_dense_parts`` that stays a single node under torch.compile."""
     stop = module.in_features if stop is None else stop
     if not torch.compiler.is_compiling():
-        return kmatrix_dense_parts(module, start, stop, method)
+        return kmatrix_dense_parts(module, start, stop)
     tw = module.twiddle
     cplx = tw.is_complex()
     real_output = bool(getattr(module, "real_output", False))
     out = _kmatrix_dense_op(torch.view_as_real(tw) if cplx else tw, module.in_features, module.out_features,
-                            start, stop, module.increasing_stride, cplx, real_output, method)
+                            start, stop, module.increasing_stride, cplx, real_output,
+                            getattr(module, "backend", "auto"))
     return out[0], (out[1] if out.shape[0] == 2 else None)
 
 
@@ -519,9 +395,13 @@ def _window_scale(fe, window: torch.Tensor) -> torch.Tensor | float:
     return 1.0
 
 
-def _prepare_input(fe, x: torch.Tensor, framed: bool) -> torch.Tensor:
-    Fe.check_waveform(x, "frames" if framed else "waveform")
-    return x.to(fe.compute_dtype)
+def _signal_and_energy(fe, waveform: torch.Tensor, lengths, framed: bool):
+    """Checked input in the compute dtype -> (padded signal or frames, n_frames or None, Kaldi log
+    energy per frame or None): everything before the DFT stage."""
+    Fe.check_waveform(waveform, "frames" if framed else "waveform")
+    sig, n_frames = _signal(fe, waveform.to(fe.compute_dtype), lengths, framed)
+    energy = _kaldi_energy(fe, _frames_of(fe, sig, framed), fe.window) if fe.use_energy else None
+    return sig, n_frames, energy
 
 
 # ------------------------------------------------------------------------------------------------
@@ -579,8 +459,8 @@ class KaleidoscopeFrontend(_FrontendBase):
         dtype: float32 | float64 (of the parameters and the arithmetic; build in float64 for a float64
         front end: ``.double()`` of a float32 one keeps the float32 rounding of its twiddles).
         path: "auto" | "matrix" | "kernel" (see the module docstring); backend: butterfly backend
-        (``kmatrix_multiply``'s); product: how the matrix path multiplies the stages out
-        (``set_product``); frames_op: "auto" | "conv" | "unfold" (``features.frames_matmul``).
+        (``kmatrix_multiply``'s; "torch" keeps the matrix path on plain torch ops on every device);
+        frames_op: "auto" | "conv" | "unfold" (``features.frames_matmul``).
     """
 
     def __init__(self, *, n_fft: int, win_length: int, hop_length: int, window: torch.Tensor,
@@ -594,7 +474,7 @@ class KaleidoscopeFrontend(_FrontendBase):
                  htk_compat: bool = False, subtract_mean: bool = False, frames_op: str = "auto",
                  init: str = "exact", structure: str = "kaleidoscope", trainable: bool | dict = True,
                  width: int | dict = 0, dtype: torch.dtype = torch.float32, path: str = "auto",
-                 backend: str = "auto", product: str = "auto"):
+                 backend: str = "auto"):
         super().__init__()
         cfg = _validate_config(locals())
         self._set_config(cfg)
@@ -607,8 +487,6 @@ class KaleidoscopeFrontend(_FrontendBase):
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         self.init, self.structure, self.path, self.backend = init, structure, path, backend
-        if product not in ("auto", "kmatrix", "recursive"):
-            raise ValueError(f"product must be 'auto', 'kmatrix' or 'recursive', got {product!r}")
         widths = _per_stage(width, "width", int, default=0, stages=("dft", "mel", "dct"))
         for k, v in widths.items():
             if v < 0:
@@ -664,20 +542,7 @@ class KaleidoscopeFrontend(_FrontendBase):
         else:
             self.dct = None
         self._check_stage_shapes()
-        self.set_product(product)
         self.set_trainable(trainable)
-
-    def set_product(self, product: str = "auto") -> "KaleidoscopeFrontend":
-        """How the matrix path multiplies the K-matrix stages out: ``"kmatrix"`` (kmatrix_multiply on
-        identity rows: the blocked CPU path, the Triton kernel on CUDA), ``"recursive"`` (the O(N^2)
-        block recursion plus matmuls, plain torch ops), ``"auto"`` = ``"kmatrix"``."""
-        if product not in ("auto", "kmatrix", "recursive"):
-            raise ValueError(f"product must be 'auto', 'kmatrix' or 'recursive', got {product!r}")
-        self.product = "kmatrix" if product == "auto" else product
-        for st in (self.dft, self.mel, self.dct):
-            if st is not None:
-                st.product = self.product
-        return self
 
     def _check_stage_shapes(self) -> None:
         for st, (i, o) in ((self.dft, (self.n_fft, self.n_freqs)), (self.mel, (self.n_freqs, self.n_mels))):
@@ -747,11 +612,7 @@ class KaleidoscopeFrontend(_FrontendBase):
         and carry no meaning.
         """
         with _no_autocast(waveform):
-            x = _prepare_input(self, waveform, framed)
-            sig, n_frames = _signal(self, x, lengths, framed)
-            energy = None
-            if self.use_energy:
-                energy = _kaldi_energy(self, _frames_of(self, sig, framed), self.window)
+            sig, n_frames, energy = _signal_and_energy(self, waveform, lengths, framed)
             window = self.window * _window_scale(self, self.window)
             path = "matrix" if (self.path == "auto" or self.structure == "dense") else self.path
             if path == "matrix":
@@ -918,11 +779,7 @@ class FixedFrontend(_FrontendBase):
 
     def forward(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None, framed: bool = False):
         with _no_autocast(waveform):
-            x = _prepare_input(self, waveform, framed)
-            sig, n_frames = _signal(self, x, lengths, framed)
-            energy = None
-            if self.use_energy:
-                energy = _kaldi_energy(self, _frames_of(self, sig, framed), self.window)
+            sig, n_frames, energy = _signal_and_energy(self, waveform, lengths, framed)
             spec = _spectrum(self, sig, framed, self.dft_weight)
             dct_w = self.dct_weight
             out = _post_spectrum(self, spec, lambda s: s @ self.mel_weight,
@@ -941,8 +798,7 @@ def _no_autocast(x: torch.Tensor):
 
 
 _OUR_DEFAULTS = dict(log=None, log_offset=1e-6, top_db=None, init="exact", structure="kaleidoscope",
-                     trainable=True, width=0, dtype=torch.float32, path="auto", backend="auto", frames_op="auto",
-                     product="auto")
+                     trainable=True, width=0, dtype=torch.float32, path="auto", backend="auto", frames_op="auto")
 
 _MELSPEC_DEFAULTS = dict(sample_rate=16000, n_fft=400, win_length=None, hop_length=None, f_min=0.0, f_max=None,
                          pad=0, n_mels=128, window_fn=torch.hann_window, power=2.0, normalized=False,

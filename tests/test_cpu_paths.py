@@ -181,6 +181,38 @@ def test_kmatrix_gradients_match_reference(small_chunks):
             assert _rel(got, ref) < 1e-12, method
 
 
+@pytest.mark.parametrize("n", [2, 8, 64, 1024])
+@pytest.mark.parametrize("nblocks,inc", [(1, True), (2, False), (3, True)])
+@pytest.mark.parametrize("complex_w", [False, True])
+def test_kmatrix_rows_equal_reference_on_identity_rows(n, nblocks, inc, complex_w):
+    """``kmatrix_rows`` (the front end's materialisation: first two passes as broadcasts) against the
+    stage-by-stage reference on identity rows, for row windows that start mid-block and outputs cut
+    mid-block, so every truncation of the first and last pass is exercised."""
+    tw = _twiddle(n, nblocks, complex_w, torch.float64, seed=3 * n + nblocks)
+    for start, stop, out_f in [(0, n, n), (0, max(1, n // 3), n // 2 + 1), (n // 4, n // 4 + max(1, n // 2), n - 1 or 1)]:
+        eye = torch.zeros(stop - start, n, dtype=torch.float64)
+        eye[:, start:stop] = torch.eye(stop - start, dtype=torch.float64)
+        ref = kmatrix_multiply(eye, tw[None], out_f, inc, backend="torch")
+        got = cpu.kmatrix_rows(tw, inc, out_f, start, stop)
+        assert got.shape == ref.shape and got.dtype == ref.dtype
+        assert _rel(got, ref) < 1e-12, (start, stop, out_f)
+
+
+def test_kmatrix_rows_gradients_autograd_and_torch_func():
+    """Gradients of ``kmatrix_rows`` w.r.t. the twiddles: autograd (the pass matrices' custom
+    backward) and torch.func.vjp (plain ops, used under torch.compile) against the reference."""
+    n, start, stop, out_f = 64, 5, 45, 33
+    tw = _twiddle(n, 2, True, torch.float64, seed=11).requires_grad_()
+    gy = torch.randn(stop - start, out_f, dtype=torch.complex128)
+    eye = torch.zeros(stop - start, n, dtype=torch.float64)
+    eye[:, start:stop] = torch.eye(stop - start, dtype=torch.float64)
+    ref = torch.autograd.grad((kmatrix_multiply(eye, tw[None], out_f, False, backend="torch") * gy.conj()).real.sum(), tw)[0]
+    got = torch.autograd.grad((cpu.kmatrix_rows(tw, False, out_f, start, stop) * gy.conj()).real.sum(), tw)[0]
+    _, vjp = torch.func.vjp(lambda t: cpu.kmatrix_rows(t, False, out_f, start, stop), tw.detach())
+    assert _rel(got, ref) < 1e-12
+    assert _rel(vjp(gy)[0], ref) < 1e-12
+
+
 def test_dft_construction_through_every_cpu_path():
     constructions = pytest.importorskip("kfrontend.constructions")
     for n in (400, 512):

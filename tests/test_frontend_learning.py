@@ -144,16 +144,15 @@ def test_kernel_path_equals_matrix_path_and_reference(batch):
         assert pk.grad is not None and rel(pk.grad, pm.grad) <= 1e-8, name
 
 
-def test_product_methods_and_frame_ops_agree(batch):
-    """The two ways of multiplying a stage out (kmatrix_multiply on identity rows; the O(N^2)
-    recursion with matmuls) and the two framing matmuls (strided conv1d on CPU; unfold + matmul, the
-    CUDA choice) give the same features and gradients (float64)."""
+def test_matrix_and_kernel_paths_and_frame_ops_agree(batch):
+    """The stages multiplied out (matrix path, strided conv1d framing) and the K-matrices applied to
+    the activations (kernel path, unfold framing) give the same features and gradients (float64)."""
     kw = dict(n_mfcc=13, log_mels=True, melkwargs=dict(n_fft=512, win_length=400, hop_length=160, n_mels=40))
     x = batch[:, :3200]
     with default_dtype(torch.float64):
         ref = torchaudio.transforms.MFCC(**kw)(x)
         a = KF.from_mfcc(dtype=torch.float64, **kw)
-        b = KF.from_mfcc(dtype=torch.float64, product="recursive", frames_op="unfold", **kw)
+        b = KF.from_mfcc(dtype=torch.float64, path="kernel", frames_op="unfold", **kw)
     ya, yb = a(x), b(x)
     assert rel(ya, ref) <= 1e-9 and rel(yb, ref) <= 1e-9
     ya.square().sum().backward()
