@@ -363,15 +363,20 @@ def _spectrum(fe, sig: torch.Tensor, framed: bool, dft_w: torch.Tensor) -> torch
     return Fe.power_spectrum_packed(y, fe.n_freqs, fe.power)
 
 
-def _post_spectrum(fe, spec: torch.Tensor, mel_apply, dct_apply, energy, n_frames):
-    """Power spectrum (..., T, F) -> features in the output layout."""
-    mel = mel_apply(spec)
+def _post_spectrum(fe, spec: torch.Tensor, mel, dct, energy, n_frames):
+    """Power spectrum (..., T, F) -> features in the output layout; ``mel`` and ``dct`` are (in, out)
+    matrices or modules applied to the last dim (``dct`` may be None)."""
+
+    def apply(stage, x):
+        return Fe.matmul_last(x, stage) if isinstance(stage, torch.Tensor) else stage(x)
+
+    mel = apply(mel, spec)
     if fe.log == "log":
         mel = Fe.safe_log(mel, fe.log_offset, fe.log_floor)
     elif fe.log == "db":
         # top_db acts on the (..., n_mels, time) layout, as torchaudio's AmplitudeToDB.
         mel = Fe.amplitude_to_db(mel.transpose(-1, -2), fe.multiplier, fe.amin, 0.0, fe.top_db).transpose(-1, -2)
-    out = mel if dct_apply is None else dct_apply(mel)
+    out = mel if dct is None else apply(dct, mel)
     if energy is not None:
         energy = energy.unsqueeze(-1).to(out.dtype)
         out = torch.cat((out, energy) if fe.htk_compat else (energy, out), dim=-1)
@@ -621,8 +626,7 @@ class KaleidoscopeFrontend(_FrontendBase):
                 spec = _spectrum(self, sig, framed, dft_w)
                 mel_w = self.mel.weight_t()
                 dct_w = None if self.dct is None else self.dct.weight_t()
-                out = _post_spectrum(self, spec, lambda s: s @ mel_w,
-                                     None if dct_w is None else (lambda m: m @ dct_w), energy, n_frames)
+                out = _post_spectrum(self, spec, mel_w, dct_w, energy, n_frames)
             else:
                 spec = self._spectrum_kernel(_frames_of(self, sig, framed), window)
                 out = _post_spectrum(self, spec, self.mel, self.dct, energy, n_frames)
@@ -782,8 +786,7 @@ class FixedFrontend(_FrontendBase):
             sig, n_frames, energy = _signal_and_energy(self, waveform, lengths, framed)
             spec = _spectrum(self, sig, framed, self.dft_weight)
             dct_w = self.dct_weight
-            out = _post_spectrum(self, spec, lambda s: s @ self.mel_weight,
-                                 None if dct_w is None else (lambda m: m @ dct_w), energy, n_frames)
+            out = _post_spectrum(self, spec, self.mel_weight, dct_w, energy, n_frames)
         return out if lengths is None else (out, n_frames)
 
 
