@@ -77,8 +77,9 @@ def test_float32_within_1e5(n, complex_w):
 
 
 def test_worker_threads_and_serial_path_agree(small_chunks):
-    """Chunks run in single-threaded worker threads when torch uses several threads, in the calling
-    thread otherwise; both give the reference, gradients too, and the thread count is restored."""
+    """Chunks (and the pass matrices, one pass per worker, forward and backward) run in
+    single-threaded worker threads when torch uses several threads, in the calling thread
+    otherwise; both give the reference, gradients too, and the thread count is restored."""
     tw = _twiddle(64, 3, True, torch.float64, seed=4).requires_grad_()
     x = torch.randn(11, 64, dtype=torch.float64, requires_grad=True)
     before = torch.get_num_threads()
