@@ -544,6 +544,9 @@ def kmatrix_rows(tw: torch.Tensor, increasing_stride: bool, out_f: int, start: i
     """
     nblocks, log_n = tw.shape[0], tw.shape[1]
     n = 1 << log_n
+    if not (0 <= start < stop <= n and 1 <= out_f <= n):
+        raise ValueError(f"kmatrix_rows needs 0 <= start < stop <= N = {n} and 1 <= out_f <= N; got "
+                         f"start={start}, stop={stop}, out_f={out_f}")
     rows = stop - start
     if log_n == 1:
         m = _group_matrices(tw, n, _stage_bits(n, nblocks, increasing_stride), 0, 1)[0, 0]

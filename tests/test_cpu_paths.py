@@ -199,6 +199,13 @@ def test_kmatrix_rows_equal_reference_on_identity_rows(n, nblocks, inc, complex_
         assert _rel(got, ref) < 1e-12, (start, stop, out_f)
 
 
+def test_kmatrix_rows_refuses_rows_or_outputs_outside_the_matrix():
+    tw = _twiddle(16, 1, False, torch.float64, seed=0)
+    for start, stop, out_f in [(0, 17, 16), (5, 5, 16), (-1, 4, 16), (0, 16, 0), (0, 16, 17)]:
+        with pytest.raises(ValueError, match="start < stop <= N = 16"):
+            cpu.kmatrix_rows(tw, True, out_f, start, stop)
+
+
 def test_kmatrix_rows_gradients_autograd_and_torch_func():
     """Gradients of ``kmatrix_rows`` w.r.t. the twiddles: autograd (the pass matrices' custom
     backward) and torch.func.vjp (plain ops, used under torch.compile) against the reference."""
