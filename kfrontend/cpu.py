@@ -146,19 +146,64 @@ def _best_split(n, nblocks, increasing_stride, in_f, out_f, complex_w, real_x) -
 # ----------------------------------------------------------------------------------------------
 def _group_matrices(tw: torch.Tensor, n: int, stages, a: int, k: int) -> torch.Tensor:
     """``M`` of shape (H, L, K, K), K = 2**k, L = 2**a, H = N / (K L): the product of the given
-    factors (all on bits [a, a+k)) restricted to the index ``p = (h K + c) L + l``; differentiable."""
+    factors (all on bits [a, a+k)) restricted to the index ``p = (h K + c) L + l``; differentiable.
+
+    A run of factors is one or more sweeps, one per butterfly block, each through all k bits in
+    increasing or decreasing order (blocks start at bit 0 or the top bit, runs at a group edge).
+    A sweep is built by doubling (``_sweep_doubling``: ~2 N K products in k broadcast multiplies)
+    and sweeps are chained by batched matmuls (N K^2 multiply-adds, cheap in BLAS).  Applying the
+    factors one by one to the identity costs k N K products in ~7 k ops; at N = 1024, 2 blocks,
+    doubling measured 1.2-1.5x faster for complex twiddles and about even for real ones (these
+    small strided ops cost more per op than per element).
+    """
     kk, ll = 1 << k, 1 << a
     hh = n // (kk * ll)
-    z = torch.eye(kk, dtype=tw.dtype, device=tw.device).expand(hh, ll, kk, kk)
-    for b, i, bit in stages:
-        s = 1 << (bit - a)
-        # Pair j = (h * K/2 + c') * L + l with c' = c without bit (bit - a), c' = g * s + r.
-        t = tw[b, i].reshape(hh, kk // 2, ll, 4).permute(0, 2, 1, 3)
-        t00, t01, t10, t11 = t.reshape(hh, ll, kk // (2 * s), s, 1, 4).unbind(-1)
-        # unbind, not indexing: its backward is one stack, not a zero-filled copy per index.
-        z0, z1 = z.reshape(hh, ll, kk // (2 * s), 2, s, kk).unbind(3)
-        z = torch.stack((t00 * z0 + t01 * z1, t10 * z0 + t11 * z1), dim=3).reshape(hh, ll, kk, kk)
-    return z
+    m = None
+    for sweep in _sweeps(stages):
+        bits = [bit - a for _, _, bit in sweep]
+        if bits == list(range(k)):
+            s_m = _sweep_doubling(tw, sweep, hh, ll, kk, transpose=False)
+        elif bits == list(range(k - 1, -1, -1)):
+            # F_0 ... F_{k-1} (F_{k-1} first) = (F_{k-1}^T ... F_0^T)^T: an increasing sweep of
+            # the transposed 2 x 2 blocks, transposed.
+            s_m = _sweep_doubling(tw, sweep[::-1], hh, ll, kk, transpose=True).transpose(-1, -2)
+        else:  # pragma: no cover - plan_passes never cuts a block's sweep short
+            raise RuntimeError(f"stages {sweep} are not a full sweep of bits [{a}, {a + k})")
+        m = s_m if m is None else torch.matmul(s_m, m)
+    return m
+
+
+def _sweeps(stages) -> list[list]:
+    """Maximal runs of consecutive stages from the same butterfly block."""
+    out: list[list] = []
+    for st in stages:
+        if out and out[-1][-1][0] == st[0]:
+            out[-1].append(st)
+        else:
+            out.append([st])
+    return out
+
+
+def _sweep_doubling(tw, sweep, hh: int, ll: int, kk: int, transpose: bool) -> torch.Tensor:
+    """(H, L, K, K) product of factors on bits a, a+1, ..., a+k-1 (applied in that order), from the
+    identity by doubling: after the factors of strides 1..s the matrix is block diagonal with
+    (2s, 2s) blocks ``[[t00 A, t01 B], [t10 A, t11 B]]``, A and B the (s, s) blocks below and the
+    twiddles scaling rows.  ``transpose`` uses each 2 x 2 twiddle block transposed."""
+    z = torch.ones(hh, ll, kk, 1, 1, dtype=tw.dtype, device=tw.device)
+    s = 1
+    for b, i, _ in sweep:
+        g = kk // (2 * s)
+        # t[h, l, g, r, o, i] for the pair of rows (g 2s + r, g 2s + r + s): pair j = (h K/2 + c') L + l
+        # with c' = g s + r (the row without the factor's bit).
+        t = tw[b, i].reshape(hh, kk // 2, ll, 2, 2).permute(0, 2, 1, 3, 4).reshape(hh, ll, g, s, 2, 2)
+        if transpose:
+            t = t.transpose(-1, -2)
+        sub = z.reshape(hh, ll, g, 2, s, s)  # [.., g, i, r, c]: the two (s, s) blocks
+        # new[.., g, o, r, i, c] = t[.., g, r, o, i] * sub[.., g, i, r, c]
+        z = (t.permute(0, 1, 2, 4, 3, 5).unsqueeze(-1) * sub.permute(0, 1, 2, 4, 3, 5).unsqueeze(3))
+        z = z.reshape(hh, ll, g, 2 * s, 2 * s)
+        s *= 2
+    return z.reshape(hh, ll, kk, kk)
 
 
 @contextlib.contextmanager
