@@ -67,6 +67,20 @@ class KernelConfig:
     T: int  # positions per tile row (power of two)
     BLOCK_M: int  # tile rows per program
     num_warps: int
+    # Packed launches (N < T) use tiles max(N, min_packed_T) wide and proportionally more rows
+    # (same values per program, so the same registers): a tile row then holds fewer frames, and
+    # each coefficient load, a vector of the tile's width broadcast over its rows, serves more of
+    # them.  A step loads K * T coefficients against 2 * BLOCK_M * T values of data read and
+    # written once per launch, so rows per tile set how far coefficient traffic (L1 / L2) exceeds
+    # HBM traffic: at N = 512, T = 1024, 27 steps, 1 complex row, 27x.  None: tiles stay T wide.
+    min_packed_T: int | None = None
+
+    def tile(self, n: int) -> tuple[int, int]:
+        """(T, BLOCK_M) of a launch on frames of size n."""
+        if self.min_packed_T is None or n >= self.T:
+            return self.T, self.BLOCK_M
+        t = max(n, self.min_packed_T)
+        return t, self.BLOCK_M * self.T // t
 
 
 # (kind, complex) -> tile shape.  Chosen on the CPU machine by the registers and spills ptxas
@@ -75,14 +89,16 @@ class KernelConfig:
 #   fwd complex T=1024 BLOCK_M=1 8 warps: 188 registers, no spills (512/2/8: 180; 1024/2/8 spills)
 #   bwd real    T=512  BLOCK_M=2 4 warps: 164 registers, no spills (512/4/8: 128 + 80 B)
 #   bwd complex T=256  BLOCK_M=1 4 warps: 155 registers, no spills (512/1/8: 199; 512/1/4 spills)
+# and, narrowed for packed launches (min_packed_T): fwd real 512/4 117, 256/8 125; fwd complex
+# 512/2 180, 256/4 124; bwd real 256/4 121 registers, no spills.
 # Wider tiles run bigger N in one launch; more rows per tile share each coefficient load.  They
 # are yet to be tuned on a GPU (benchmarks/bench_kernel.py); nothing else depends on them: the
 # compile check enumerates whatever the dispatcher launches.
 GPU_CONFIGS = {
-    ("fwd", False): KernelConfig(T=1024, BLOCK_M=2, num_warps=8),
-    ("fwd", True): KernelConfig(T=1024, BLOCK_M=1, num_warps=8),
-    ("bwd", False): KernelConfig(T=512, BLOCK_M=2, num_warps=4),
-    ("bwd", True): KernelConfig(T=256, BLOCK_M=1, num_warps=4),
+    ("fwd", False): KernelConfig(T=1024, BLOCK_M=2, num_warps=8, min_packed_T=256),
+    ("fwd", True): KernelConfig(T=1024, BLOCK_M=1, num_warps=8, min_packed_T=256),
+    ("bwd", False): KernelConfig(T=512, BLOCK_M=2, num_warps=4, min_packed_T=256),
+    ("bwd", True): KernelConfig(T=256, BLOCK_M=1, num_warps=4, min_packed_T=256),
 }
 # The interpreter's cost is per operation, not per element: wide tiles, few programs.  Same
 # kernels; the narrow-tile paths (low/high geometry, backward chunks) are tested there with
@@ -506,17 +522,19 @@ def _aligned(t: torch.Tensor) -> torch.Tensor:
     return t if t.data_ptr() % 16 == 0 else t.clone()
 
 
-def _meta(kind: str, is_complex: bool):
+def _meta(kind: str, is_complex: bool, n: int):
+    """(T, BLOCK_M, the kernel's meta-parameters) for frames of size n."""
     cfg = CONFIGS[(kind, is_complex)]
-    return cfg, dict(T=cfg.T, LOGT=_lg(cfg.T), BLOCK_M=cfg.BLOCK_M, IS_COMPLEX=is_complex,
-                     K=4 if is_complex else 2, num_warps=cfg.num_warps)
+    t, block_m = cfg.tile(n)
+    return t, block_m, dict(T=t, LOGT=_lg(t), BLOCK_M=block_m, IS_COMPLEX=is_complex,
+                            K=4 if is_complex else 2, num_warps=cfg.num_warps)
 
 
 def _run_forward(x: torch.Tensor, coef: torch.Tensor, steps, n: int, m: int, is_complex: bool,
                  out_dtype: torch.dtype) -> torch.Tensor:
     """Apply ``steps`` to the m frames in x (contiguous (m, n) or (m, n, 2)); out has out_dtype."""
-    cfg, meta = _meta("fwd", is_complex)
-    launches = launch_plan(steps, n, cfg.T)
+    t, block_m, meta = _meta("fwd", is_complex, n)
+    launches = launch_plan(steps, n, t)
     # Several launches: everything in fp32 (one kernel per dtype pair: fp32->fp32, bf16->bf16).
     final_dtype = out_dtype if len(launches) == 1 else torch.float32
     if x.dtype != final_dtype:
@@ -528,7 +546,7 @@ def _run_forward(x: torch.Tensor, coef: torch.Tensor, steps, n: int, m: int, is_
         else:
             out = torch.empty(x.shape, dtype=final_dtype, device=x.device)
         rows = -(-m // ln.frames_per_row)
-        grid = (triton.cdiv(rows, cfg.BLOCK_M), ln.n_ab)
+        grid = (triton.cdiv(rows, block_m), ln.n_ab)
         _launch(_bfly_fwd_kernel, grid,
                 (cur, out, _tile_coefficients(coef, ln), _steps_tensor(ln, x.device), m, len(ln.steps),
                  *_geometry_args(ln)), meta)
@@ -562,9 +580,9 @@ def _part_to_coef(part: torch.Tensor, ln: Launch) -> torch.Tensor:
 
 def _run_backward(grad, x, coef, steps, n: int, m: int, is_complex: bool):
     """Gradients at x and at the coefficients (steps order: (len(steps), K, N))."""
-    cfg, meta = _meta("bwd", is_complex)
+    t, block_m, meta = _meta("bwd", is_complex, n)
     kdim = meta["K"]
-    chunks = launch_plan(steps, n, cfg.T, BWD_CHUNK)
+    chunks = launch_plan(steps, n, t, BWD_CHUNK)
     x_dtype = x.dtype
     if len(chunks) > 1 and x.dtype != torch.float32:
         x, grad = x.float(), grad.float()  # intermediates are fp32: one kernel per dtype
@@ -577,9 +595,9 @@ def _run_backward(grad, x, coef, steps, n: int, m: int, is_complex: bool):
         ch = chunks[i]
         gx = torch.empty(x.shape, dtype=x.dtype if i == 0 else torch.float32, device=x.device)
         rows = -(-m // ch.frames_per_row)
-        rblocks = triton.cdiv(rows, cfg.BLOCK_M)
+        rblocks = triton.cdiv(rows, block_m)
         progs = _bwd_programs(x.device, rblocks, ch.n_ab)
-        part = torch.zeros((progs, ch.n_ab, len(ch.steps), kdim, cfg.T), dtype=torch.float32, device=x.device)
+        part = torch.zeros((progs, ch.n_ab, len(ch.steps), kdim, t), dtype=torch.float32, device=x.device)
         _launch(_bfly_bwd_kernel, (progs, ch.n_ab),
                 (acts[i], g, gx, _tile_coefficients(coef, ch), part, _steps_tensor(ch, x.device), m,
                  len(ch.steps), progs,

@@ -108,6 +108,28 @@ def test_chunked_geometries(monkeypatch, nblocks, inc, complex_):
     check_fwd_bwd(x, tw, inc)
 
 
+@pytest.mark.parametrize("complex_", [False, True])
+def test_packed_tiles_narrowed_to_the_frame(monkeypatch, complex_):
+    """min_packed_T (the GPU configs' setting): frames smaller than the tile get tiles max(N,
+    min_packed_T) wide with proportionally more rows (here 64 x 1 -> 16 x 4, 8 x 8 at N = 4, 8),
+    forward and backward; N >= T keeps the configured tile."""
+    fwd = kb.KernelConfig(T=64, BLOCK_M=1, num_warps=1, min_packed_T=8)
+    bwd = kb.KernelConfig(T=32, BLOCK_M=2, num_warps=1, min_packed_T=8)
+    assert [fwd.tile(n) for n in (4, 8, 16, 64, 128)] == [(8, 8), (8, 8), (16, 4), (64, 1), (64, 1)]
+    monkeypatch.setitem(kb.CONFIGS, ("fwd", complex_), fwd)
+    monkeypatch.setitem(kb.CONFIGS, ("bwd", complex_), bwd)
+    seen = set()
+    run = kb._launch
+    monkeypatch.setattr(kb, "_launch", lambda kernel, grid, args, meta: (
+        seen.add((kernel is kb._bfly_bwd_kernel, meta["T"], meta["BLOCK_M"])), run(kernel, grid, args, meta)))
+    gen = torch.Generator().manual_seed(5)
+    for n in (4, 16):
+        x, tw = make_case(n, 2, complex_, (19,), gen)
+        check_fwd_bwd(x, tw, n == 4)
+    # forward tiles 8 x 8 (N = 4) and 16 x 4 (N = 16); backward (T = 32, 2 rows) the same shapes
+    assert seen == {(False, 8, 8), (False, 16, 4), (True, 8, 8), (True, 16, 4)}
+
+
 def test_bfloat16_io():
     """bf16 in and out, fp32 arithmetic: equals the fp32 reference on the bf16 input, rounded."""
     gen = torch.Generator().manual_seed(3)
