@@ -90,7 +90,9 @@ class KernelConfig:
 #   bwd real    T=512  BLOCK_M=2 4 warps: 164 registers, no spills (512/4/8: 128 + 80 B)
 #   bwd complex T=256  BLOCK_M=1 4 warps: 155 registers, no spills (512/1/8: 199; 512/1/4 spills)
 # and, narrowed for packed launches (min_packed_T): fwd real 512/4 117, 256/8 125; fwd complex
-# 512/2 180, 256/4 124; bwd real 256/4 121 registers, no spills.
+# 512/2 180, 256/4 124; bwd real 256/4 121 registers, no spills.  Candidates with twice the rows
+# per tile at the same warps per SM (one 16-warp program instead of two 8-warp ones): fwd real
+# 1024/4/16: 115 registers, no spills; fwd complex 1024/2/16: 128 + 48 B spilled.  To try on a GPU.
 # Wider tiles run bigger N in one launch; more rows per tile share each coefficient load.  They
 # are yet to be tuned on a GPU (benchmarks/bench_kernel.py); nothing else depends on them: the
 # compile check enumerates whatever the dispatcher launches.
