@@ -9,6 +9,7 @@ output gradient and writes the input gradient (5 passes; twiddles and matrices n
 is compared with the device's HBM bandwidth (the roofline; --peak-gbs to override).
 
     python benchmarks/bench_kernel.py --out results/  [--quick] [--sizes 512 1024] [--batches 65536]
+    python benchmarks/bench_kernel.py --sizes 1024 --batches 65536 --config fwd:real:1024:4:16:256
 
 Prints one table per (dtype, pass) and writes bench_kernel.csv / bench_kernel.json to --out.
 Goals (H100, batch >= 64k): forward >= 60 % and forward+backward >= 40 % of HBM bandwidth,
@@ -59,6 +60,21 @@ def bench(fn, rep_ms: int) -> float:
 def fits(bytes_needed: int) -> bool:
     free, _ = torch.cuda.mem_get_info()
     return bytes_needed < 0.8 * free
+
+
+def parse_config(text: str):
+    """``fwd:real:1024:4:16[:256]`` -> (("fwd", False), KernelConfig(1024, 4, 16, 256))."""
+    from kfrontend.kernels.butterfly import KernelConfig
+
+    parts = text.split(":")
+    if len(parts) not in (5, 6) or parts[0] not in ("fwd", "bwd") or parts[1] not in ("real", "complex"):
+        raise SystemExit(f"--config {text!r}: expected PASS:DTYPE:T:BLOCK_M:WARPS[:MIN_PACKED_T] with PASS "
+                         "fwd|bwd and DTYPE real|complex")
+    try:
+        nums = [int(v) for v in parts[2:]]
+    except ValueError:
+        raise SystemExit(f"--config {text!r}: T, BLOCK_M, WARPS and MIN_PACKED_T must be integers") from None
+    return (parts[0], parts[1] == "complex"), KernelConfig(*nums[:3], nums[3] if len(nums) == 4 else None)
 
 
 def verify(n, complex_, nblocks) -> float:
@@ -156,10 +172,19 @@ def main(argv=None):
                    help="skip the PyTorch reference above batch*N*stages elements")
     p.add_argument("--quick", action="store_true", help="fewer batches and shorter timing (gpu_check.sh)")
     p.add_argument("--peak-gbs", type=float, default=None, help="HBM bandwidth for the roofline")
+    p.add_argument("--config", action="append", default=[], metavar="PASS:DTYPE:T:BLOCK_M:WARPS[:MIN_PACKED_T]",
+                   help="override a tile config of kernels/butterfly.py, e.g. fwd:real:1024:4:16:256 "
+                        "(repeatable; PASS fwd|bwd, DTYPE real|complex)")
     a = p.parse_args(argv)
+    overrides = [parse_config(c) for c in a.config]
     if not torch.cuda.is_available():
         print("bench_kernel.py needs a CUDA GPU", file=sys.stderr)
         return 2
+    from kfrontend.kernels import butterfly as kb
+
+    for key, cfg in overrides:
+        kb.CONFIGS[key] = cfg
+        print(f"config override: {key} -> {cfg}")
     if a.quick:
         a.batches = [b for b in a.batches if b in (1024, 65536, 262144)] or a.batches
         a.rep_ms = min(a.rep_ms, 40)

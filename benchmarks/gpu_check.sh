@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check: CUDA tests (kernel, public path, front end), then the kernel and front-end benchmarks.
 # Usage: benchmarks/gpu_check.sh OUTDIR      (one H100: under 8 minutes)
-# Writes OUTDIR/{env.txt, cuda_tests.txt, cuda_tests.xml, bench.txt, bench_kernel.csv, bench_kernel.json, bench_frontend.txt}.
+# Writes OUTDIR/{env.txt, cuda_tests.txt, cuda_tests.xml, bench.txt, bench_kernel.csv, bench_kernel.json,
+# bench_frontend.txt, bench_sweep.txt} (8 files: the device tool brings back at most 8).
 # Python: $PYTHON, else the repo's .venv if it sees a GPU, else python3.
 set -u -o pipefail
 OUT=${1:?usage: benchmarks/gpu_check.sh OUTDIR}
@@ -23,21 +24,31 @@ start=$(date +%s)
 cat "$OUT/env.txt"
 
 echo "== CUDA tests"
-timeout 270 "$PY" -m pytest tests/test_cuda.py tests/test_frontend_learning.py -m cuda -q -rs -p no:cacheprovider --junitxml="$OUT/cuda_tests.xml" 2>&1 | tee "$OUT/cuda_tests.txt"
+timeout 240 "$PY" -m pytest tests/test_cuda.py tests/test_frontend_learning.py -m cuda -q -rs -p no:cacheprovider --junitxml="$OUT/cuda_tests.xml" 2>&1 | tee "$OUT/cuda_tests.txt"
 tests_rc=${PIPESTATUS[0]}
 echo "tests exit code: $tests_rc ($(( $(date +%s) - start ))s)"
 
 echo "== benchmark"
-left=$(( 460 - ($(date +%s) - start) ))
+left=$(( 400 - ($(date +%s) - start) ))
 [ "$left" -lt 60 ] && left=60
 timeout "$left" "$PY" benchmarks/bench_kernel.py --quick --out "$OUT" 2>&1 | tee "$OUT/bench.txt"
 bench_rc=${PIPESTATUS[0]}
 echo "benchmark exit code: $bench_rc (total $(( $(date +%s) - start ))s)"
 
 echo "== front end benchmark"
-left=$(( 470 - ($(date +%s) - start) ))
+left=$(( 465 - ($(date +%s) - start) ))
 [ "$left" -lt 45 ] && left=45
 timeout "$left" "$PY" benchmarks/bench_frontend.py --device cuda --batch 64 --seconds 8 2>&1 | tee "$OUT/bench_frontend.txt"
 fe_rc=${PIPESTATUS[0]}
 echo "front end benchmark exit code: $fe_rc (total $(( $(date +%s) - start ))s)"
+echo "== tile candidates (informative; only with time left)"
+left=$(( 530 - ($(date +%s) - start) ))
+if [ "$left" -ge 45 ]; then
+  # Twice the rows per tile at the same warps per SM (kernels/butterfly.py, GPU_CONFIGS comment).
+  timeout "$left" "$PY" benchmarks/bench_kernel.py --sizes 1024 4096 --batches 65536 --passes fwd --rep-ms 30 \
+    --config fwd:real:1024:4:16:256 --config fwd:complex:1024:2:16:256 2>&1 | tee "$OUT/bench_sweep.txt"
+else
+  echo "skipped: ${left}s left" | tee "$OUT/bench_sweep.txt"
+fi
+echo "total $(( $(date +%s) - start ))s"
 [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$fe_rc" -eq 0 ]
