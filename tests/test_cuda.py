@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import deterministic_twiddle_grads
 from kfrontend.functional import butterfly_multiply, butterfly_multiply_reference
 from kfrontend.layers import twiddle_init
 
@@ -97,16 +98,7 @@ def test_large_batch():
 def test_deterministic():
     x, tw = make(1024, 2, True, (20_000,), seed=3)
     g = torch.randn(x.shape, dtype=x.dtype, device=DEV)
-    prev = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        grads = []
-        for _ in range(3):
-            t = tw.clone().requires_grad_()
-            butterfly_multiply(x, t, True, backend="triton").backward(g)
-            grads.append(t.grad)
-    finally:
-        torch.use_deterministic_algorithms(prev)
+    grads = deterministic_twiddle_grads(x, tw, g, 3)
     assert torch.equal(grads[0], grads[1]) and torch.equal(grads[0], grads[2])
 
 

@@ -16,6 +16,7 @@ import math
 import pytest
 import torch
 
+from helpers import deterministic_twiddle_grads
 from kfrontend.functional import butterfly_multiply, butterfly_multiply_reference
 from kfrontend.layers import twiddle_init
 
@@ -201,16 +202,7 @@ def test_deterministic_twiddle_gradients(monkeypatch):
     gen = torch.Generator().manual_seed(11)
     x, tw = make_case(64, 1, False, (20,), gen)
     g = torch.randn(20, 64, generator=gen)
-    prev = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        grads = []
-        for _ in range(2):
-            t = tw.clone().requires_grad_()
-            butterfly_multiply(x, t, True, backend="triton").backward(g)
-            grads.append(t.grad)
-    finally:
-        torch.use_deterministic_algorithms(prev)
+    grads = deterministic_twiddle_grads(x, tw, g, 2)
     assert torch.equal(grads[0], grads[1])
     ref_tw = tw.clone().requires_grad_()
     butterfly_multiply_reference(x, ref_tw, True).backward(g)
