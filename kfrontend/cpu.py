@@ -555,7 +555,7 @@ def butterfly_multiply_blocked(x, twiddle, increasing_stride=True, split=None):
 _BUILD_PER_ENTRY = 500.0
 
 
-def _rows_split(n: int, nblocks: int, increasing_stride: bool, rows: int, stop: int, out_f: int, complex_w: bool) -> int:
+def _rows_split(n: int, nblocks: int, increasing_stride: bool, rows: int, stop: int, out_f: int) -> int:
     """Bit split for ``kmatrix_rows``: the pass matrices' build plus the matmuls of the passes after
     the first two (truncated to the kept outputs) for ``rows`` rows."""
     log_n = n.bit_length() - 1
@@ -596,7 +596,7 @@ def kmatrix_rows(tw: torch.Tensor, increasing_stride: bool, out_f: int, start: i
     if log_n == 1:
         m = _group_matrices(tw, n, _stage_bits(n, nblocks, increasing_stride), 0, 1)[0, 0]
         return m[:out_f, start:stop].transpose(0, 1)
-    split = _rows_split(n, nblocks, increasing_stride, rows, stop, out_f, tw.is_complex())
+    split = _rows_split(n, nblocks, increasing_stride, rows, stop, out_f)
     k_lo = 1 << split
     groups = [g for g, _ in plan_passes(n, nblocks, increasing_stride, split)]
     mats = _pass_matrices(tw, n, nblocks, increasing_stride, split, stop, out_f)

@@ -324,12 +324,17 @@ def frames_matmul(xp: torch.Tensor, weight: torch.Tensor, hop_length: int, metho
     return _unflatten_batch(y, batch).transpose(-1, -2)
 
 
+def _is_transposed_contiguous(x: torch.Tensor) -> bool:
+    """(..., T, F) viewing a contiguous (..., F, T) tensor: the strided conv1d's output layout."""
+    return x.dim() >= 3 and not x.is_contiguous() and x.transpose(-1, -2).is_contiguous()
+
+
 def matmul_last(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``x @ w`` for x (..., T, F), w (F, M).  When x is a transposed view of a contiguous
     (..., F, T) tensor (the strided conv1d's output layout, kept by the elementwise ops after it)
     one bmm reads it in place (BLAS's transposed operand), where ``x @ w`` would first copy x to
     fold its batch dims into rows.  The result is contiguous (..., T, M) either way."""
-    if x.dim() >= 3 and not x.is_contiguous() and x.transpose(-1, -2).is_contiguous():
+    if _is_transposed_contiguous(x):
         b = x.flatten(0, -3)
         y = torch.bmm(b, w.unsqueeze(0).expand(b.shape[0], -1, -1))
         return y.view(*x.shape[:-1], w.shape[1])
@@ -368,7 +373,7 @@ def frame_log_energy(frames: torch.Tensor, energy_floor: float) -> torch.Tensor:
 def power_spectrum_packed(y: torch.Tensor, n: int, power: float) -> torch.Tensor:
     """``power_spectrum`` of ``y = [Re | Im]`` (..., 2n): one square over the whole (contiguous)
     tensor, then one add, instead of products of two strided halves."""
-    if y.dim() >= 3 and not y.is_contiguous() and y.transpose(-1, -2).is_contiguous():
+    if _is_transposed_contiguous(y):
         # The conv's (..., 2n, T) layout: halves along its rows add 3x faster than strided columns.
         sq = y.transpose(-1, -2).square()
         return _safe_power(sq[..., :n, :] + sq[..., n:, :], power).transpose(-1, -2)

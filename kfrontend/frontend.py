@@ -621,11 +621,8 @@ class KaleidoscopeFrontend(_FrontendBase):
             window = self.window * _window_scale(self, self.window)
             path = "matrix" if (self.path == "auto" or self.structure == "dense") else self.path
             if path == "matrix":
-                left = self.window_offset
-                dft_w = self.dft.weight_t(left, left + self.win_length) * window.unsqueeze(-1)  # (win, 2F)
+                dft_w, mel_w, dct_w = self._stage_matrices(window)
                 spec = _spectrum(self, sig, framed, dft_w)
-                mel_w = self.mel.weight_t()
-                dct_w = None if self.dct is None else self.dct.weight_t()
                 out = _post_spectrum(self, spec, mel_w, dct_w, energy, n_frames)
             else:
                 spec = self._spectrum_kernel(_frames_of(self, sig, framed), window)
@@ -647,12 +644,18 @@ class KaleidoscopeFrontend(_FrontendBase):
         """A plain module (no parameters) with the current stages multiplied out into dense buffers:
         the window (and its normalisation) folded into the DFT columns under the window's support,
         the DFT as real cos / sin columns (no complex arithmetic: ONNX-friendly)."""
-        window = self.window * _window_scale(self, self.window)
+        dft_w, mel_w, dct_w = self._stage_matrices(self.window * _window_scale(self, self.window))
+        return FixedFrontend(self.config(), dft_w, mel_w, dct_w, self.window.detach())
+
+    def _stage_matrices(self, window: torch.Tensor):
+        """The stages multiplied out: the DFT columns under the window's support with the (scaled)
+        window folded in, (win, 2F) real [Re | Im]; the mel (F, n_mels) and DCT (n_mels, n_out) or
+        None matrices."""
         left = self.window_offset
         dft_w = self.dft.weight_t(left, left + self.win_length) * window.unsqueeze(-1)
         mel_w = self.mel.weight_t()
         dct_w = None if self.dct is None else self.dct.weight_t()
-        return FixedFrontend(self.config(), dft_w, mel_w, dct_w, self.window.detach())
+        return dft_w, mel_w, dct_w
 
     def extra_repr(self) -> str:
         kind = "Kaldi fbank" if self.framing == "kaldi" else "STFT"

@@ -182,6 +182,13 @@ def test_kmatrix_gradients_match_reference(small_chunks):
             assert _rel(got, ref) < 1e-12, method
 
 
+def _identity_rows(n, start, stop):
+    """Rows start..stop-1 of the n x n identity (float64): the inputs kmatrix_rows stands for."""
+    eye = torch.zeros(stop - start, n, dtype=torch.float64)
+    eye[:, start:stop] = torch.eye(stop - start, dtype=torch.float64)
+    return eye
+
+
 @pytest.mark.parametrize("n", [2, 8, 64, 1024])
 @pytest.mark.parametrize("nblocks,inc", [(1, True), (2, False), (3, True)])
 @pytest.mark.parametrize("complex_w", [False, True])
@@ -191,9 +198,7 @@ def test_kmatrix_rows_equal_reference_on_identity_rows(n, nblocks, inc, complex_
     mid-block, so every truncation of the first and last pass is exercised."""
     tw = _twiddle(n, nblocks, complex_w, torch.float64, seed=3 * n + nblocks)
     for start, stop, out_f in [(0, n, n), (0, max(1, n // 3), n // 2 + 1), (n // 4, n // 4 + max(1, n // 2), n - 1 or 1)]:
-        eye = torch.zeros(stop - start, n, dtype=torch.float64)
-        eye[:, start:stop] = torch.eye(stop - start, dtype=torch.float64)
-        ref = kmatrix_multiply(eye, tw[None], out_f, inc, backend="torch")
+        ref = kmatrix_multiply(_identity_rows(n, start, stop), tw[None], out_f, inc, backend="torch")
         got = cpu.kmatrix_rows(tw, inc, out_f, start, stop)
         assert got.shape == ref.shape and got.dtype == ref.dtype
         assert _rel(got, ref) < 1e-12, (start, stop, out_f)
@@ -212,8 +217,7 @@ def test_kmatrix_rows_gradients_autograd_and_torch_func():
     n, start, stop, out_f = 64, 5, 45, 33
     tw = _twiddle(n, 2, True, torch.float64, seed=11).requires_grad_()
     gy = torch.randn(stop - start, out_f, dtype=torch.complex128)
-    eye = torch.zeros(stop - start, n, dtype=torch.float64)
-    eye[:, start:stop] = torch.eye(stop - start, dtype=torch.float64)
+    eye = _identity_rows(n, start, stop)
     ref = torch.autograd.grad((kmatrix_multiply(eye, tw[None], out_f, False, backend="torch") * gy.conj()).real.sum(), tw)[0]
     got = torch.autograd.grad((cpu.kmatrix_rows(tw, False, out_f, start, stop) * gy.conj()).real.sum(), tw)[0]
     _, vjp = torch.func.vjp(lambda t: cpu.kmatrix_rows(t, False, out_f, start, stop), tw.detach())
