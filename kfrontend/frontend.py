@@ -67,6 +67,8 @@ import torch
 from torch import nn
 
 from kfrontend import features as Fe
+from kfrontend._optional import require
+from kfrontend.filterbanks import create_dct, kaldi_mel_banks, melscale_fbanks
 
 __all__ = ["KaleidoscopeFrontend", "FixedFrontend", "STAGES"]
 
@@ -699,9 +701,7 @@ class KaleidoscopeFrontend(_FrontendBase):
         else:
             ours.update(log="db", top_db=80.0, amin=1e-10, multiplier=10.0)
         cfg = _melspec_config(mel, ours)
-        import torchaudio.functional as taF
-
-        cfg["dct"] = taF.create_dct(n_mfcc, mel["n_mels"], ta["norm"])
+        cfg["dct"] = create_dct(n_mfcc, mel["n_mels"], ta["norm"])
         return cls(**cfg)
 
     @classmethod
@@ -727,7 +727,7 @@ class KaleidoscopeFrontend(_FrontendBase):
     def from_transform(cls, module: nn.Module, **ours) -> "KaleidoscopeFrontend":
         """Copy the configuration (and the window, filterbank and DCT buffers themselves) of an
         existing torchaudio MelSpectrogram or MFCC instance."""
-        import torchaudio.transforms as T
+        T = require("torchaudio.transforms")
 
         bad = set(ours) - set(_OUR_DEFAULTS)
         if bad:
@@ -870,11 +870,9 @@ def _per_stage(value, name: str, typ, default, stages=STAGES) -> dict:
 
 def _dct_norm(dct: torch.Tensor) -> str | None:
     """torchaudio.functional.create_dct's norm of a given (n_mels, n_mfcc) DCT-II matrix."""
-    import torchaudio.functional as taF
-
     n_mels, n_out = dct.shape
     for norm in ("ortho", None):
-        ref = taF.create_dct(n_out, n_mels, norm).to(torch.float64)
+        ref = create_dct(n_out, n_mels, norm).to(torch.float64)
         if torch.allclose(dct.to(torch.float64), ref, rtol=1e-6, atol=1e-6):
             return norm
     raise ValueError("dct must be torchaudio.functional.create_dct(n_out, n_mels, norm) with norm 'ortho' or None")
@@ -931,11 +929,7 @@ def _validate_config(a: dict) -> dict:
 
 
 def _melscale_fb(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate, norm, mel_scale) -> torch.Tensor:
-    import torchaudio.functional as taF
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the all-zero filter warning becomes an error below
-        fb = taF.melscale_fbanks(n_freqs, f_min, f_max, n_mels, sample_rate, norm, mel_scale)
+    fb = melscale_fbanks(n_freqs, f_min, f_max, n_mels, sample_rate, norm, mel_scale)
     _check_filters(fb, "n_mels", n_mels, n_freqs)
     return fb
 
@@ -1010,8 +1004,6 @@ def _melspec_config(ta: dict, ours: dict, window: torch.Tensor | None = None, fb
 
 
 def _kaldi_config(ka: dict, ours: dict) -> dict:
-    from torchaudio.compliance.kaldi import get_mel_banks
-
     if ka["dither"] != 0.0:
         raise ValueError(f"dither must be 0.0 (got {ka['dither']!r}): random dither makes features "
                          f"non-deterministic and cannot be exact; add noise to the waveform yourself")
@@ -1060,9 +1052,7 @@ def _kaldi_config(ka: dict, ours: dict) -> dict:
         if not (low < vlow < high_eff and 0 < vh < high_eff and vlow < vh):
             raise ValueError(f"vtln_low ({vlow}) and vtln_high ({vhigh}) must satisfy low_freq < vtln_low < "
                              f"vtln_high < high_freq ({low}, {high_eff})")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        banks, _ = get_mel_banks(n_bins, padded, sf, low, high, vlow, vhigh, warp)
+    banks = kaldi_mel_banks(n_bins, padded, sf, low, high, vlow, vhigh, warp)
     fb = torch.nn.functional.pad(banks, (0, 1)).T.contiguous()  # (n_freqs, bins), Nyquist column zero
     _check_filters(fb, "num_mel_bins", n_bins, padded // 2 + 1, empty_is_error=True)
     dtype = ours["dtype"]
@@ -1086,9 +1076,9 @@ _LIBROSA_PAD = {"constant": "constant", "reflect": "reflect", "edge": "replicate
 
 
 def _librosa_config(lr: dict, ours: dict) -> dict:
-    import librosa
     import numpy as np
 
+    librosa = require("librosa")
     sr = lr["sr"]
     if _check_real(sr, "sr") <= 0:
         raise ValueError(f"sr must be > 0, got {sr!r}")

@@ -18,12 +18,10 @@ __all__ = ["dft_responses", "plot_dft_responses", "plot_mel_filters", "plot_feat
 
 
 def _plt():
-    import matplotlib
+    from kfrontend._optional import require
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    require("matplotlib").use("Agg", force=False)
+    return require("matplotlib.pyplot")
 
 
 @torch.no_grad()

@@ -19,10 +19,12 @@ exactly torchaudio's ``center=True`` features of that utterance alone, whatever 
 from __future__ import annotations
 
 import torch
-import torchaudio
 from torch import nn
 
+from kfrontend._optional import require
 from recipes.timit.phones import PHONES48
+
+torchaudio = require("torchaudio")  # one clear error if it is missing or does not load beside this torch
 
 FRONTENDS = ("mfsc", "mfcc", "kaleidoscope", "kaleidoscope_random", "dense", "kaleidoscope_mfcc")
 LEARNABLE = ("kaleidoscope", "kaleidoscope_random", "dense", "kaleidoscope_mfcc")
