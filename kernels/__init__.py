@@ -19,8 +19,20 @@ def supports(x: torch.Tensor, twiddle: torch.Tensor) -> bool:
     return x.dtype in (torch.float32, torch.bfloat16, torch.float16, torch.complex64)
 
 
-def butterfly_multiply_triton(x: torch.Tensor, twiddle: torch.Tensor, increasing_stride: bool = True):
-    """The fused Triton butterfly product (see ``kfrontend.functional.butterfly_multiply``)."""
+def butterfly_multiply_triton(
+    x: torch.Tensor, twiddle: torch.Tensor, increasing_stride: bool = True, *,
+    transpose: bool = False, conjugate: bool = False,
+):
+    """The fused Triton butterfly product (see ``kfrontend.functional.butterfly_multiply``).
+
+    ``transpose`` / ``conjugate`` run the same kernels on the transformed twiddle
+    (``kfrontend.functional.transposed_twiddle``): a transposed product is a butterfly product of
+    the opposite first stride order, so no new kernel specialisation is needed.
+    """
     from kfrontend.kernels.butterfly import butterfly_multiply_triton as impl
 
+    if transpose or conjugate:
+        from kfrontend.functional import transposed_twiddle
+
+        twiddle, increasing_stride = transposed_twiddle(twiddle, increasing_stride, transpose, conjugate)
     return impl(x, twiddle, increasing_stride)

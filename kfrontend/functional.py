@@ -24,6 +24,7 @@ __all__ = [
     "butterfly_multiply",
     "butterfly_multiply_reference",
     "kmatrix_multiply",
+    "transposed_twiddle",
     "check_butterfly_args",
     "stride_of",
     "is_power_of_two",
@@ -121,10 +122,38 @@ def butterfly_multiply_reference(
     return y.reshape(*batch_shape, n).to(_output_dtype(x, twiddle))
 
 
+def transposed_twiddle(
+    twiddle: torch.Tensor, increasing_stride: bool, transpose: bool = True, conjugate: bool = False
+) -> tuple[torch.Tensor, bool]:
+    """``(twiddle', increasing_stride')`` of the transposed and/or conjugated butterfly product.
+
+    ``twiddle`` is ``(..., nblocks, log2 N, N/2, 2, 2)``.  The transpose of ``F_last ... F_first``
+    is ``F_first^T ... F_last^T``: the same factors in reverse order (blocks reversed, and each
+    block's stride order with them), each 2x2 block transposed; a factor keeps its stride, so its
+    pair layout is unchanged.  The new first block is the old last one, run the other way.  This
+    is O(parameters), differentiable, and every backend (the Triton kernel included) multiplies by
+    the result like any other twiddle, so no backend needs a transposed code path.
+    """
+    nblocks = twiddle.shape[-5]
+    if conjugate and twiddle.is_complex():
+        twiddle = twiddle.conj_physical()  # a materialised conjugate: the kernels view it as real
+    if not transpose:
+        return twiddle, increasing_stride
+    last_increasing = block_is_increasing(nblocks - 1, increasing_stride)
+    return twiddle.flip((-5, -4)).transpose(-1, -2), not last_increasing
+
+
 def butterfly_multiply(
-    x: torch.Tensor, twiddle: torch.Tensor, increasing_stride: bool = True, backend: str = "auto"
+    x: torch.Tensor,
+    twiddle: torch.Tensor,
+    increasing_stride: bool = True,
+    backend: str = "auto",
+    *,
+    transpose: bool = False,
+    conjugate: bool = False,
 ) -> torch.Tensor:
-    """Multiply ``x`` (..., N) by the butterfly product described by ``twiddle``.
+    """Multiply ``x`` (..., N) by the butterfly product described by ``twiddle`` (by its transpose
+    with ``transpose``, its conjugate with ``conjugate``, the adjoint with both).
 
     backend: ``"torch"`` (stage-by-stage reference, any device), ``"blocked"`` (groups of stages
     multiplied into small dense blocks, batched matmuls: the fast CPU path), ``"dense"`` (multiply
@@ -134,6 +163,8 @@ def butterfly_multiply(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     check_butterfly_args(x, twiddle)
+    if transpose or conjugate:
+        twiddle, increasing_stride = transposed_twiddle(twiddle, increasing_stride, transpose, conjugate)
     if backend == "auto":
         backend = _auto_backend(x, twiddle)
     if backend == "torch":
@@ -166,13 +197,25 @@ def kmatrix_multiply(
     out_features: int,
     increasing_stride: bool = True,
     backend: str = "auto",
+    *,
+    transpose: bool = False,
+    conjugate: bool = False,
 ) -> torch.Tensor:
     """Apply a (possibly stacked) K-matrix to ``x`` (..., in_features): zero-pad to N, multiply,
     keep the top ``out_features`` rows.
 
     ``twiddle`` is ``(nstacks, nblocks, log2 N, N/2, 2, 2)``; stack ``k`` produces outputs
     ``k*N .. (k+1)*N - 1``.  This is the operation every K-matrix layer and construction uses.
+
+    With ``transpose`` it applies the transpose of the stacked (nstacks N x N) matrix ``M``: ``x``
+    is (..., m) with m <= nstacks * N, and the result is ``x @ M[:m, :out_features]`` (out_features
+    <= N): stack k's transposed product applied to inputs ``k*N .. (k+1)*N - 1``, summed.
+    ``conjugate`` conjugates the matrix (both: the adjoint).  So for ``W = M[:out, :in]``,
+    ``kmatrix_multiply(y, tw, in, transpose=True)`` is ``y @ W`` and with ``conjugate`` too
+    ``y @ W.conj()``, the adjoint map.
     """
+    if transpose:
+        return _kmatrix_multiply_transposed(x, twiddle, out_features, increasing_stride, backend, conjugate)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if not isinstance(twiddle, torch.Tensor):
@@ -189,6 +232,8 @@ def kmatrix_multiply(
         raise ValueError(f"out_features = {out_features} exceeds nstacks * N = {nstacks * n}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if conjugate and twiddle.is_complex():
+        twiddle = twiddle.conj_physical()
     if backend in ("blocked", "dense") or (backend == "auto" and not x.is_cuda):
         # CPU paths skip the zero padding and the dropped rows, or multiply the (in x out) matrix
         # out once per call when that is cheaper (cost model in kfrontend.cpu).
@@ -203,3 +248,32 @@ def kmatrix_multiply(
         outs.append(butterfly_multiply(x, twiddle[k], increasing_stride, backend))
     y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
     return y[..., :out_features]
+
+
+def _kmatrix_multiply_transposed(x, twiddle, out_features, increasing_stride, backend, conjugate):
+    """``kmatrix_multiply(..., transpose=True)``: each stack's transposed product (itself a K-matrix
+    of one stack, see :func:`transposed_twiddle`) on its slice of x, summed over the stacks."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not isinstance(twiddle, torch.Tensor) or twiddle.dim() != 6:
+        raise ValueError(
+            "twiddle must be a tensor of shape (nstacks, nblocks, log2 N, N/2, 2, 2); got "
+            f"{tuple(twiddle.shape) if isinstance(twiddle, torch.Tensor) else type(twiddle).__name__}"
+        )
+    n, nstacks = twiddle.shape[-3] * 2, twiddle.shape[0]
+    if x.dim() < 1 or not 1 <= x.shape[-1] <= nstacks * n:
+        raise ValueError(
+            f"with transpose=True x.shape[-1] is the K-matrix's output count and must be in "
+            f"[1, nstacks * N = {nstacks * n}]; got x of shape {tuple(x.shape)}"
+        )
+    if not 1 <= out_features <= n:
+        raise ValueError(
+            f"with transpose=True out_features is the K-matrix's input count and must be in [1, N = {n}]; "
+            f"got {out_features}"
+        )
+    tw, inc = transposed_twiddle(twiddle, increasing_stride, True, conjugate)
+    y = None
+    for k in range(math.ceil(x.shape[-1] / n)):
+        part = kmatrix_multiply(x[..., k * n:(k + 1) * n], tw[k:k + 1], out_features, inc, backend)
+        y = part if y is None else y + part
+    return y
