@@ -45,7 +45,7 @@ def require(name: str):
             # The one incompatibility seen in practice: torchaudio's compiled extension is built for
             # one torch ABI (docs: README, "Supported versions").
             hint = (" torchaudio loads only beside the torch it was built for: torch 2.11.0 needs "
-                    "torchaudio 2.11.0; torchaudio 2.11.1 needs torch >= 2.12; the CPU-only torch wheel "
+                    "torchaudio 2.11.0; torchaudio 2.11.1 needs torch >= 2.13; the CPU-only torch wheel "
                     "cannot load the PyPI torchaudio. Install a matching pair, e.g. "
                     "pip install 'torch==2.14.1' 'torchaudio==2.11.1'.")
         raise ImportError(f"{top} {found} is installed but failed to import beside torch {torch.__version__} "
