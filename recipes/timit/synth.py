@@ -15,6 +15,10 @@ call can give slightly different audio depending on what was synthesised before 
 Each utterance is therefore synthesised in a fresh worker process (``maxtasksperchild=1``) whose
 espeak state is pristine, and all other randomness (speaker parameters, sentences, noise, silence)
 comes from generators seeded from ``(seed, speaker, utterance)``. A given seed gives identical files.
+
+Optional noise and reverberation (``snr``, ``noise``, ``reverb``, ``rt60``; :mod:`recipes.timit.degrade`)
+are applied to the clean utterance after labelling, from their own seeded stream: the labels, and
+the clean speech inside the noisy files, are those of the clean corpus with the same seed.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from recipes.timit import sentences
+from recipes.timit.degrade import NOISE_TYPES, Degradation, degrade
 from recipes.timit.phones import PHONES61
 from recipes.timit.sphere import write_riff, write_sphere
 
@@ -54,6 +59,15 @@ ACCENTS = {1: "en-us", 2: "en-us-nyc", 3: "en-us", 4: "en-029", 5: "en-us", 6: "
            7: "en-us", 8: "en-gb-x-rp"}
 MALE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8")
 FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5")
+# --voices extended adds the bundled espeak-ng variants that sound like ordinary adult voices
+# (Klatt-synthesiser voices and named variants; robots, whisper, croak etc. left out), all checked
+# to synthesise English with phoneme events. "standard" keeps the corpora made before it identical.
+VOICE_SETS = {
+    "standard": (MALE_VARIANTS, FEMALE_VARIANTS),
+    "extended": (MALE_VARIANTS + ("klatt", "klatt2", "klatt3", "klatt4", "Andy", "Denis", "Lee", "michel",
+                                  "travis", "victor", "adam", "edward"),
+                 FEMALE_VARIANTS + ("Annie", "Andrea", "anika", "aunty", "belinda", "linda", "steph", "steph2")),
+}
 
 # espeak-ng IPA phoneme name (stress marks removed) -> TIMIT-61 labels. Stops and affricates are
 # listed as their release label; the closure (bcl, tcl, ...) is added from the signal (see
@@ -357,7 +371,7 @@ class Speaker:
     utterances: list      # [(utt_id, sentence)]
 
 
-def make_speakers(n_speakers: int, utts_per_speaker: int, seed: int) -> list[Speaker]:
+def make_speakers(n_speakers: int, utts_per_speaker: int, seed, voices: str = "standard") -> list[Speaker]:
     """Speakers and their sentences, deterministic for ``seed``.
 
     Utterances follow TIMIT's scheme: SA1, SA2 (two sentences read by every speaker; only when
@@ -367,6 +381,9 @@ def make_speakers(n_speakers: int, utts_per_speaker: int, seed: int) -> list[Spe
     """
     if n_speakers < 1 or utts_per_speaker < 1:
         raise ValueError(f"need speakers >= 1 and utts-per-speaker >= 1, got {n_speakers}, {utts_per_speaker}")
+    if voices not in VOICE_SETS:
+        raise ValueError(f"--voices must be one of {', '.join(VOICE_SETS)}, got {voices!r}")
+    male, female = VOICE_SETS[voices]
     from recipes.timit.prepare import CORE_TEST_SPEAKERS, DEV_SPEAKERS
     reserved = set(CORE_TEST_SPEAKERS) | set(DEV_SPEAKERS)
     rng = random.Random(f"speakers-{seed}")
@@ -388,7 +405,7 @@ def make_speakers(n_speakers: int, utts_per_speaker: int, seed: int) -> list[Spe
                 break
         used.add(sid)
         dr = 1 + i % 8
-        variant = rng.choice(MALE_VARIANTS if sex == "M" else FEMALE_VARIANTS)
+        variant = rng.choice(male if sex == "M" else female)
         utts = [(f"SA{k + 1}", sa[k]) for k in range(n_sa)]
         for k in range(n_sx):
             j = (i * n_sx + k) % len(sx_pool)
@@ -442,12 +459,20 @@ def _paths(root: Path, spk: Speaker, utt: str, layout: str, case: str):
 
 
 def _write_one(args):
-    root, spk, utt, text, seed, layout, case, audio_format = args
+    root, spk, utt, text, seed, layout, case, audio_format, deg = args
     d, stem, wav, phn, wrd, txt = _paths(Path(root), spk, utt, layout, case)
     if all((d / (stem + e)).exists() for e in (wav, phn, wrd, txt)):
         return utt, 0
     audio, phones, words = render_utterance(spk, utt, text, seed)
     d.mkdir(parents=True, exist_ok=True)
+    if deg.active:
+        # labels come from the clean signal (closures are placed by its energy) and stay valid:
+        # the degradation does not move the speech in time
+        babble = np.load(Path(root) / BABBLE_FILE) if deg.needs_babble else None
+        rng = np.random.default_rng(_utt_seed(seed, spk.speaker, utt + "/degrade"))  # own stream
+        audio, rec = degrade(audio, deg, rng, babble)
+        rec = {"subset": spk.subset, "speaker": spk.speaker, "utt": utt, **rec}
+        _write_text(Path(root) / CONDITIONS_DIR / f"{spk.speaker}_{utt}.json", json.dumps(rec))
     _write_text(d / (stem + phn), "".join(f"{a} {b} {lab}\n" for a, b, lab in phones))
     _write_text(d / (stem + wrd), "".join(f"{a} {b} {w}\n" for a, b, w in words))
     _write_text(d / (stem + txt), f"0 {len(audio)} {text}\n")
@@ -466,20 +491,78 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+BABBLE_FILE = "SYNTH_BABBLE.npy"
+BABBLE_TALKERS = 16
+CONDITIONS_DIR = "SYNTH_CONDITIONS"
+CONDITIONS_FILE = "SYNTH_CONDITIONS.tsv"
+_CONDITION_COLUMNS = ("subset", "speaker", "utt", "noise", "snr_db", "talkers", "reverb", "rt60",
+                      "rt60_measured", "room_m", "src_mic_m", "gain")
+
+
+def _babble_one(args):
+    spk, utt, text, seed = args
+    audio, phones, _ = render_utterance(spk, utt, text, seed)
+    x = audio[phones[0][1]:phones[-1][0]].astype(np.float64)  # the speech, without the h# ends
+    return x / np.sqrt(np.mean(x ** 2))
+
+
+def _babble_pool(seed: int, voices: str, pool, progress: bool) -> np.ndarray:
+    """Speech of BABBLE_TALKERS talkers who are not corpus speakers (so that no test speaker's voice
+    is in the training noise), one unique sentence each, concatenated at unit RMS."""
+    from tqdm import tqdm
+    spks = make_speakers(BABBLE_TALKERS, 3, f"babble-{seed}", voices)
+    tasks = [(s, u, t, seed) for s in spks for u, t in s.utterances if u.startswith("SI")]
+    parts = list(tqdm(pool.imap(_babble_one, tasks), total=len(tasks), desc="babble", unit="utt",
+                      disable=not progress))
+    return np.concatenate(parts).astype(np.float32)
+
+
+def _save_npy(path: Path, x: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, x)
+    os.replace(tmp, path)
+
+
+def _write_conditions(root: Path, spks: list[Speaker]) -> Path:
+    """One row per utterance (what was done to it) from the per-utterance records."""
+    lines = ["\t".join(_CONDITION_COLUMNS)]
+    for s in spks:
+        for u, _ in s.utterances:
+            rec = json.loads((root / CONDITIONS_DIR / f"{s.speaker}_{u}.json").read_text())
+            lines.append("\t".join("" if rec.get(c) is None else str(rec.get(c)) for c in _CONDITION_COLUMNS))
+    out = root / CONDITIONS_FILE
+    _write_text(out, "\n".join(lines) + "\n")
+    return out
+
+
 def synth_corpus(out, *, speakers: int = 12, utts_per_speaker: int = 10, seed: int = 0,
                  layout: str = "ldc", case: str = "upper", audio_format: str = "sphere",
-                 jobs: int | None = None, progress: bool = True) -> Path:
+                 jobs: int | None = None, progress: bool = True, snr=(), noise=NOISE_TYPES,
+                 reverb: float = 0.0, rt60=(0.2, 0.8), voices: str = "standard") -> Path:
     """Build the corpus under ``out`` (idempotent: complete utterances are kept, so an interrupted
-    run can be restarted; a finished corpus with the same settings is left alone)."""
+    run can be restarted; a finished corpus with the same settings is left alone).
+
+    ``snr`` (dB values, e.g. ``"20,10,5"`` or ``(20, 10, 5)``; ``inf`` = clean), ``noise``, ``reverb``
+    (probability) and ``rt60`` (range, s) degrade every utterance as described in
+    :mod:`recipes.timit.degrade`, recording what was drawn in ``SYNTH_CONDITIONS.tsv``; the clean
+    speech and the labels are those of the clean corpus with the same seed. ``voices``: ``standard``
+    or ``extended`` (:data:`VOICE_SETS`)."""
     if layout not in ("ldc", "flat"):
         raise ValueError(f"layout must be 'ldc' or 'flat', got {layout!r}")
     if case not in ("upper", "lower"):
         raise ValueError(f"case must be 'upper' or 'lower', got {case!r}")
     if audio_format not in ("sphere", "riff"):
         raise ValueError(f"audio_format must be 'sphere' or 'riff', got {audio_format!r}")
+    deg = Degradation(snr=snr, noise=noise, reverb=reverb, rt60=rt60)
     root = Path(out)
     settings = dict(speakers=speakers, utts_per_speaker=utts_per_speaker, seed=seed, layout=layout,
                     case=case, audio_format=audio_format)
+    # new settings only when used, so the markers of corpora made before them still match
+    if deg.active:
+        settings["degrade"] = deg.settings()
+    if voices != "standard":
+        settings["voices"] = voices
     marker = root / "SYNTH_COMPLETE.json"
     if marker.exists():
         done = json.loads(marker.read_text())
@@ -488,11 +571,13 @@ def synth_corpus(out, *, speakers: int = 12, utts_per_speaker: int = 10, seed: i
                 print(f"synth: {root} is already complete ({settings})")
             return root
         raise ValueError(f"{root} holds a synthetic corpus made with other settings {done}; "
-                         f"use another --out")
-    spks = make_speakers(speakers, utts_per_speaker, seed)
+                         f"use another --out (demo: --work)")
+    spks = make_speakers(speakers, utts_per_speaker, seed, voices)
     root.mkdir(parents=True, exist_ok=True)
+    if deg.active:
+        (root / CONDITIONS_DIR).mkdir(exist_ok=True)
     _write_text(root / "SYNTH_SPEAKERS.json", json.dumps([asdict(s) for s in spks], indent=1))
-    tasks = [(str(root), s, u, t, seed, layout, case, audio_format) for s in spks for u, t in s.utterances]
+    tasks = [(str(root), s, u, t, seed, layout, case, audio_format, deg) for s in spks for u, t in s.utterances]
     jobs = jobs or min(len(tasks), os.cpu_count() or 1)
     # a fresh process per utterance (maxtasksperchild=1): espeak-ng state must not carry over
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
@@ -504,8 +589,14 @@ def synth_corpus(out, *, speakers: int = 12, utts_per_speaker: int = 10, seed: i
         ctypes.CDLL(espeakng_loader.get_library_path())
     from tqdm import tqdm
     with ctx.Pool(jobs, maxtasksperchild=1) as pool:
+        if deg.needs_babble and not (root / BABBLE_FILE).exists():
+            _save_npy(root / BABBLE_FILE, _babble_pool(seed, voices, pool, progress))
         it = pool.imap_unordered(_write_one, tasks)
         for _ in tqdm(it, total=len(tasks), desc="synth", disable=not progress, unit="utt"):
             pass
+    if deg.active:
+        conditions = _write_conditions(root, spks)
+        if progress:
+            print(f"synth: per-utterance noise and reverberation in {conditions}")
     _write_text(marker, json.dumps(settings))
     return root
