@@ -65,6 +65,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from kfrontend import features as Fe
 from kfrontend._optional import require
@@ -76,6 +77,10 @@ STAGES = ("window", "dft", "mel", "dct")
 STRUCTURES = ("kaleidoscope", "dense")
 INITS = ("exact", "random")
 PATHS = ("auto", "matrix", "kernel")
+# K-matrix stages learn an offset from their exact start whose steps move the stage's matrix about
+# as much as a step on a dense matrix (TwiddleOffset); this factor scales that step.  Measured by
+# benchmarks/bench_drift.py (docs/BENCHMARKS.md, "Drift").
+DEFAULT_STEP_SCALE = 0.3
 LOGS = (None, "log", "db")
 
 
@@ -94,10 +99,18 @@ class LinearStage(nn.Module):
     (``build()``), optionally widened by ``width`` identity BB* pairs; ``init="random"`` re-draws its
     twiddles.  ``structure="dense"``: ``self.weight`` is ``T`` itself (for the complex DFT stage,
     the real matrix ``[Re T | Im T]``).
+
+    ``step_scale`` (K-matrix stages): the twiddles are learned as an offset from their initial
+    values, ``twiddle = twiddle0 + step_scale * (|twiddle0| + eps) / L * delta`` with ``delta = 0`` at
+    initialisation (:class:`TwiddleOffset`), so that an optimizer step of size lr on ``delta`` moves
+    the stage's matrix by about ``step_scale * lr`` relative, like a step on a dense matrix, whatever
+    the number of factors L and the twiddles' magnitudes (Bluestein's reach ~43).  ``None`` learns
+    the twiddles themselves.  See docs/FRONTEND.md, "Fine-tuning".
     """
 
     def __init__(self, name: str, target_t: torch.Tensor, *, structure: str, init: str, width: int,
-                 build: Callable[[], nn.Module], dtype: torch.dtype, backend: str = "auto"):
+                 build: Callable[[], nn.Module], dtype: torch.dtype, backend: str = "auto",
+                 step_scale: float | None = None):
         super().__init__()
         self.name = name
         self.in_features, self.out_features = target_t.shape
@@ -115,6 +128,8 @@ class LinearStage(nn.Module):
                 k = widened if widened is not None else k
             if init == "random":
                 _randomize_twiddles(k)
+            if step_scale is not None:
+                parametrize.register_parametrization(k, "twiddle", TwiddleOffset(k.twiddle.detach(), step_scale))
             k.backend = backend
             self.k = k
             self.register_parameter("weight", None)
@@ -129,6 +144,34 @@ class LinearStage(nn.Module):
             if init == "random":
                 w = torch.randn_like(w) / math.sqrt(self.in_features)
             self.weight = nn.Parameter(w.contiguous())
+
+    @property
+    def param(self) -> nn.Parameter:
+        """The stage's learnable tensor: the twiddles' offset (TwiddleOffset), the twiddles
+        themselves (``step_scale=None``) or the dense weight."""
+        if self.k is None:
+            return self.weight
+        p = getattr(getattr(self.k, "parametrizations", None), "twiddle", None)
+        return self.k.twiddle if p is None else p.original
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints from before TwiddleOffset (or with step_scale=None) store the twiddles as
+        # ``k.twiddle``; new ones store the offset.  Either loads into either: the stored twiddles
+        # are the same map, re-expressed with this stage's own exact start and scale.
+        old, new = prefix + "k.twiddle", prefix + "k.parametrizations.twiddle."
+        if self.k is not None:
+            p = getattr(getattr(self.k, "parametrizations", None), "twiddle", None)
+            if p is not None and old in state_dict:
+                offset = p[0]
+                tw = state_dict.pop(old).to(device=offset.twiddle0.device)
+                state_dict[new + "original"] = offset.right_inverse(tw.to(offset.twiddle0.dtype))
+                state_dict.setdefault(new + "0.twiddle0", offset.twiddle0)
+                state_dict.setdefault(new + "0.scale", offset.scale)
+            elif p is None and new + "original" in state_dict:
+                delta = state_dict.pop(new + "original")
+                t0, scale = state_dict.pop(new + "0.twiddle0"), state_dict.pop(new + "0.scale")
+                state_dict[old] = t0 + scale * delta
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply to activations (complex output for the DFT stage)."""
@@ -150,9 +193,10 @@ class LinearStage(nn.Module):
         # Multiplying the K-matrix out costs O(N^2) + a few matmuls, independent of the batch: when
         # no gradient is wanted (inference, or a frozen stage) the result is cached until the
         # twiddles change (in-place updates bump their version counter).
-        tw = self.k.twiddle
-        cacheable = not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and tw.requires_grad)
-        key = (start, stop, tw._version, tw.data_ptr(), tw.dtype, tw.device) if cacheable else None
+        state = list(self.k.parameters()) + list(self.k.buffers())  # what the twiddle is computed from
+        wants_grad = torch.is_grad_enabled() and any(p.requires_grad for p in state)
+        cacheable = not torch.compiler.is_compiling() and not wants_grad
+        key = (start, stop) + tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in state) if cacheable else None
         if cacheable and self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         re, im = stage_matrix_parts(self.k, start, stop)
@@ -187,6 +231,37 @@ class LinearStage(nn.Module):
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, in={self.in_features}, out={self.out_features}, "
                 f"structure={self.structure!r}, parameters={self.parameter_count()}")
+
+
+class TwiddleOffset(nn.Module):
+    """``twiddle = twiddle0 + scale * delta``, a parametrization (torch.nn.utils.parametrize) of a
+    K-matrix's twiddles around their exact initial values ``twiddle0``.
+
+    Why: a K-matrix stage is a product of L factors (L ~ 27 for the n_fft 512 DFT, more with
+    Bluestein), and Adam moves every twiddle by about lr per step, so the product moves by ~L * lr,
+    and Bluestein's large chirp twiddles make that worse.  Scaling each twiddle's step by its own
+    magnitude over L makes every factor move by ~lr / L relative, and the product by ~lr: the step a
+    dense matrix takes.  ``scale = step_scale * (|twiddle0| + eps) / L``; eps lets twiddles that
+    start at 0 move (slowly).  ``delta`` starts at 0, so weight decay on it pulls toward the exact
+    start.  The buffers are saved, so a state_dict restores the same map.
+    """
+
+    EPS = 1e-3
+
+    def __init__(self, twiddle0: torch.Tensor, step_scale: float):
+        super().__init__()
+        if not (isinstance(step_scale, (int, float)) and not isinstance(step_scale, bool) and step_scale > 0):
+            raise ValueError(f"step_scale must be a positive number or None, got {step_scale!r}")
+        n_factors = twiddle0.shape[-5] * twiddle0.shape[-4]  # nblocks x log2 N (stacks are side by side)
+        real = twiddle0.real.dtype if twiddle0.is_complex() else twiddle0.dtype
+        self.register_buffer("twiddle0", twiddle0.clone())
+        self.register_buffer("scale", ((twiddle0.abs() + self.EPS) * (float(step_scale) / n_factors)).to(real))
+
+    def forward(self, delta: torch.Tensor) -> torch.Tensor:
+        return self.twiddle0 + self.scale * delta
+
+    def right_inverse(self, twiddle: torch.Tensor) -> torch.Tensor:
+        return (twiddle - self.twiddle0) / self.scale
 
 
 def kmatrix_dense_parts(module: nn.Module, start: int = 0, stop: int | None = None):
@@ -481,7 +556,7 @@ class KaleidoscopeFrontend(_FrontendBase):
                  htk_compat: bool = False, subtract_mean: bool = False, frames_op: str = "auto",
                  init: str = "exact", structure: str = "kaleidoscope", trainable: bool | dict = True,
                  width: int | dict = 0, dtype: torch.dtype = torch.float32, path: str = "auto",
-                 backend: str = "auto"):
+                 backend: str = "auto", step_scale: float | None = "default"):
         super().__init__()
         cfg = _validate_config(locals())
         self._set_config(cfg)
@@ -494,6 +569,9 @@ class KaleidoscopeFrontend(_FrontendBase):
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         self.init, self.structure, self.path, self.backend = init, structure, path, backend
+        if step_scale == "default":
+            step_scale = DEFAULT_STEP_SCALE
+        self.step_scale = None if structure == "dense" else step_scale
         widths = _per_stage(width, "width", int, default=0, stages=("dft", "mel", "dct"))
         for k, v in widths.items():
             if v < 0:
@@ -534,9 +612,9 @@ class KaleidoscopeFrontend(_FrontendBase):
             return C.mel(fb.to(dtype), dtype=dtype)
 
         self.dft = LinearStage("dft", dft_t, structure=structure, init=init, width=widths["dft"],
-                               build=build_dft, dtype=dtype, backend=backend)
+                               build=build_dft, dtype=dtype, backend=backend, step_scale=self.step_scale)
         self.mel = LinearStage("mel", fb.to(dtype), structure=structure, init=init, width=widths["mel"],
-                               build=build_mel, dtype=dtype, backend=backend)
+                               build=build_mel, dtype=dtype, backend=backend, step_scale=self.step_scale)
         if dct is not None:
             norm = _dct_norm(dct)
 
@@ -545,7 +623,8 @@ class KaleidoscopeFrontend(_FrontendBase):
                 return C.dct(dct.shape[0], dct.shape[1], norm=norm, dtype=dtype)
 
             self.dct = LinearStage("dct", dct.to(dtype), structure=structure, init=init, width=widths["dct"],
-                                   build=build_dct, dtype=dtype, backend=backend)
+                                   build=build_dct, dtype=dtype, backend=backend,
+                                   step_scale=self.step_scale)
         else:
             self.dct = None
         self._check_stage_shapes()
@@ -804,7 +883,8 @@ def _no_autocast(x: torch.Tensor):
 
 
 _OUR_DEFAULTS = dict(log=None, log_offset=1e-6, top_db=None, init="exact", structure="kaleidoscope",
-                     trainable=True, width=0, dtype=torch.float32, path="auto", backend="auto", frames_op="auto")
+                     trainable=True, width=0, dtype=torch.float32, path="auto", backend="auto", frames_op="auto",
+                     step_scale="default")
 
 _MELSPEC_DEFAULTS = dict(sample_rate=16000, n_fft=400, win_length=None, hop_length=None, f_min=0.0, f_max=None,
                          pad=0, n_mels=128, window_fn=torch.hann_window, power=2.0, normalized=False,

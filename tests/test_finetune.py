@@ -1,0 +1,90 @@
+"""Fine-tuning keeps the exact start: K-matrix stages learn an offset from their exact twiddles
+whose optimizer steps move each stage's matrix about as much as a step on a dense matrix
+(kfrontend.frontend.TwiddleOffset); the figures for every size are benchmarks/bench_drift.py's."""
+import pytest
+import torch
+
+from kfrontend import KaleidoscopeFrontend as KF
+from kfrontend.frontend import TwiddleOffset
+
+MEL = dict(hop_length=160, n_mels=40)
+
+
+def _drift(fe, steps: int, lr: float = 1e-3, optim=torch.optim.Adam):
+    """Relative change of each stage's matrix after ``steps`` steps on the mean log-mel energy
+    of fresh white noise (the objective of benchmarks/bench_drift.py)."""
+    gen = torch.Generator().manual_seed(0)
+    opt = optim(fe.param_groups(lr=lr))
+    w0 = {s: getattr(fe, s).dense() for s in ("dft", "mel")}
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.log(fe(torch.randn(2, 8000, generator=gen)) + 1e-6).mean().backward()
+        opt.step()
+    return {s: ((getattr(fe, s).dense() - w).norm() / w.norm()).item() for s, w in w0.items()}
+
+
+@pytest.mark.parametrize("n_fft", [400, 512])
+def test_adam_steps_move_kmatrix_stages_no_more_than_dense(n_fft):
+    """Bound of the fine-tuning issue: within 3x of the dense baseline's relative change per step.
+    Before TwiddleOffset the n_fft = 400 DFT stage (Bluestein) moved 135% in one step, 990x dense."""
+    for steps in (1, 10):
+        torch.manual_seed(0)
+        kal = _drift(KF.from_melspectrogram(n_fft=n_fft, **MEL), steps)
+        dense = _drift(KF.from_melspectrogram(n_fft=n_fft, structure="dense", **MEL), steps)
+        for stage in ("dft", "mel"):
+            assert 0 < kal[stage] <= 3 * dense[stage], (steps, stage, kal, dense)
+    # ... and it is the parametrization that does it: plain twiddles break the bound at once.
+    plain = _drift(KF.from_melspectrogram(n_fft=n_fft, step_scale=None, **MEL), 1)
+    dense1 = _drift(KF.from_melspectrogram(n_fft=n_fft, structure="dense", **MEL), 1)
+    assert plain["dft"] > 3 * dense1["dft"]
+
+
+def test_step_scale_scales_the_step():
+    """One Adam step moves every twiddle by ~lr in offset units, so the stage's change is
+    proportional to step_scale (to first order)."""
+    a = _drift(KF.from_melspectrogram(n_fft=512, step_scale=0.1, **MEL), 1)["dft"]
+    b = _drift(KF.from_melspectrogram(n_fft=512, step_scale=0.2, **MEL), 1)["dft"]
+    assert b / a == pytest.approx(2.0, rel=0.05)
+
+
+def test_offset_starts_at_zero_and_state_dicts_convert_both_ways():
+    """The offset is 0 at the exact start; a checkpoint that stores plain twiddles (before
+    TwiddleOffset, or step_scale=None) loads into an offset front end and back, same features."""
+    x = torch.randn(2, 4000, generator=torch.Generator().manual_seed(1))
+    anchored = KF.from_melspectrogram(n_fft=400, **MEL)
+    assert torch.count_nonzero(anchored.dft.param) == 0 and torch.count_nonzero(anchored.mel.param) == 0
+    plain = KF.from_melspectrogram(n_fft=400, step_scale=None, **MEL)
+    with torch.no_grad():  # a trained plain front end
+        plain.dft.param.mul_(1.01)
+        plain.mel.param.add_(1e-3)
+    ref = plain(x)
+    anchored.load_state_dict(plain.state_dict())
+    assert torch.count_nonzero(anchored.dft.param) > 0
+    torch.testing.assert_close(anchored(x), ref, rtol=1e-5, atol=1e-6 * ref.abs().max().item())
+    back = KF.from_melspectrogram(n_fft=400, step_scale=None, **MEL)
+    back.load_state_dict(anchored.state_dict())
+    torch.testing.assert_close(back(x), ref, rtol=1e-5, atol=1e-6 * ref.abs().max().item())
+
+
+def test_weight_decay_pulls_toward_the_exact_start():
+    """With the offset as the parameter, decoupled weight decay (AdamW) shrinks the change from
+    the exact start, not the twiddles themselves."""
+    fe = KF.from_melspectrogram(n_fft=256, **MEL)
+    w0 = fe.dft.dense()
+    with torch.no_grad():
+        fe.dft.param.add_(torch.randn_like(fe.dft.param) * 0.1)
+    d0 = (fe.dft.dense() - w0).norm()
+    opt = torch.optim.AdamW(fe.param_groups(lr=0.1), weight_decay=1.0)
+    for _ in range(5):  # no loss gradient: only the decay acts
+        for g in opt.param_groups:
+            for p in g["params"]:
+                p.grad = torch.zeros_like(p)
+        opt.step()
+    d5 = (fe.dft.dense() - w0).norm()
+    assert d5 < 0.7 * d0  # (1 - 0.1)^5 = 0.59 to first order
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, "big", True])
+def test_bad_step_scale_is_refused(bad):
+    with pytest.raises(ValueError, match="step_scale"):
+        TwiddleOffset(torch.ones(1, 1, 1, 1, 2, 2), bad)
