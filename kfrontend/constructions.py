@@ -32,7 +32,13 @@ from kfrontend.layers import Butterfly
 
 __all__ = [
     "dft",
+    "idft",
+    "dft2",
     "dct",
+    "dst",
+    "circulant",
+    "toeplitz",
+    "circular_convolution",
     "mel",
     "hadamard",
     "permutation",
@@ -164,31 +170,66 @@ def _benes_twiddle(perm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return inc, dec
 
 
-def _chirp_z_twiddle(n: int, k_out: int, length: int, sign: int, out_scale: np.ndarray) -> np.ndarray:
+def _circulant_twiddle(h: np.ndarray, in_diag=None, out_diag=None) -> np.ndarray:
     """Twiddles (2, log2 M, M/2, 2, 2), decreasing then increasing, of
-    ``y_k = out_scale_k * sum_{m<n} x_m exp(sign 2 pi i k m / length)`` for k < k_out."""
-    size = max(2, next_power_of_two(n + k_out - 1))
+    ``diag(out_diag) C(h) diag(in_diag)`` with ``C(h)[i, j] = h[(i - j) mod M]``, M = len(h) a power
+    of two: ``C(h) = DIT^-1 diag(DIF h) DIF``, every diagonal folded into an end factor."""
+    size = len(h)
+    h_hat = np.fft.fft(h)[_bit_reverse(size)]  # DIF output order
+    dif = _fft_twiddle(size, increasing=False, sign=-1)
+    if in_diag is not None:
+        _fold_input_diag(dif[0], in_diag, size, increasing=False)
+    _fold_output_diag(dif[-1], h_hat, size, increasing=False)
+    dit = _fft_twiddle(size, increasing=True, sign=+1)
+    out = np.full(size, 1.0 / size, dtype=np.complex128) if out_diag is None else out_diag / size
+    _fold_output_diag(dit[-1], out, size, increasing=True)
+    return np.stack((dif, dit))
 
+
+def _toeplitz_twiddle(col: np.ndarray, row: np.ndarray, in_diag=None, out_diag=None) -> np.ndarray:
+    """``diag(out_diag) T diag(in_diag)`` for the Toeplitz T (len(col) x len(row)) with
+    ``T[i, j] = col[i - j]`` (i >= j), ``row[j - i]`` (i < j) (scipy.linalg.toeplitz; row[0]
+    unused): embedded in a circulant of size M >= len(col) + len(row) - 1 (a power of two), whose
+    first len(col) outputs of the first len(row) inputs are T.  The input diagonal is padded with
+    zeros (padded inputs are zero anyway)."""
+    n_out, n_in = len(col), len(row)
+    size = max(2, next_power_of_two(n_out + n_in - 1))
+    h = np.zeros(size, dtype=np.complex128)
+    h[:n_out] = col
+    h[size - n_in + 1:] = row[1:][::-1]  # h[-l] = row[l] for lags -(n_in - 1) .. -1
+
+    def pad(d, k, fill):
+        if d is None:
+            return None
+        full = np.full(size, fill, dtype=np.complex128)
+        full[:k] = d
+        return full
+
+    # Dropped rows get an overall factor 1 (the circulant's 1/M undone): any value would do.
+    return _circulant_twiddle(h, pad(in_diag, n_in, 0.0), pad(out_diag, n_out, float(size)))
+
+
+def _unit(q, den) -> np.ndarray:
+    """exp(-i pi q / den) for integer q, reduced mod 2 den in exact integers first."""
+    return np.exp(-1j * np.pi * (np.asarray(q, dtype=np.int64) % (2 * den)) / den)
+
+
+def _chirp_z_twiddle(n: int, k_out: int, length: int, sign: int, out_scale: np.ndarray,
+                     in_scale: np.ndarray | None = None) -> np.ndarray:
+    """Twiddles (2, log2 M, M/2, 2, 2), decreasing then increasing, of
+    ``y_k = out_scale_k * sum_{m<n} in_scale_m x_m exp(sign 2 pi i k m / length)`` for k < k_out:
+    ``exp(sign 2 pi i k m / L) = c_k c_m conj(c_{k-m})`` with the chirp ``c_j = exp(sign i pi j^2 / L)``,
+    so the sum is a diagonal, a Toeplitz matrix of conj(c) at the lags, a diagonal."""
     def chirp(idx: np.ndarray) -> np.ndarray:
         # exp(sign * i pi idx^2 / length) with idx^2 reduced mod 2*length in exact integers.
         q = (idx.astype(np.int64) ** 2) % (2 * length)
         return np.exp(sign * 1j * np.pi * q / length)
 
-    a = np.zeros(size, dtype=np.complex128)
-    a[:n] = chirp(np.arange(n))
-    h = np.zeros(size, dtype=np.complex128)
-    lags = np.arange(-(n - 1), k_out)
-    h[lags % size] = np.conj(chirp(lags))
-    h_hat = np.fft.fft(h)[_bit_reverse(size)]  # DIF output order
-    out = np.ones(size, dtype=np.complex128)
-    out[:k_out] = chirp(np.arange(k_out)) * out_scale / size
-
-    dif = _fft_twiddle(size, increasing=False, sign=-1)
-    _fold_input_diag(dif[0], a, size, increasing=False)
-    _fold_output_diag(dif[-1], h_hat, size, increasing=False)
-    dit = _fft_twiddle(size, increasing=True, sign=+1)
-    _fold_output_diag(dit[-1], out, size, increasing=True)
-    return np.stack((dif, dit))
+    a = chirp(np.arange(n))
+    if in_scale is not None:
+        a = a * in_scale
+    return _toeplitz_twiddle(np.conj(chirp(np.arange(k_out))), np.conj(chirp(np.arange(n))),
+                             a, chirp(np.arange(k_out)) * out_scale)
 
 
 def _to_torch(t: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
@@ -221,9 +262,25 @@ def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
 # ----------------------------------------------------------------------------------------------
 # Public constructions
 # ----------------------------------------------------------------------------------------------
-def dft(n: int, *, inverse: bool = False, onesided: bool = False, dtype=torch.complex64) -> Butterfly:
-    """Length-n DFT as a complex K-matrix: equals ``torch.fft.fft`` (``ifft`` with ``inverse``,
-    ``rfft`` with ``onesided``: n // 2 + 1 outputs), norm="backward", for real or complex input.
+_FFT_NORMS = ("backward", "ortho", "forward")
+
+
+def _fft_scale(n: int, inverse: bool, norm: str | None) -> float:
+    """torch.fft's scaling: "backward" (or None) scales the inverse by 1/n, "forward" the forward,
+    "ortho" both by 1/sqrt(n)."""
+    norm = "backward" if norm is None else norm
+    if norm not in _FFT_NORMS:
+        raise ValueError(f"norm must be one of {_FFT_NORMS} (or None), got {norm!r}")
+    if norm == "ortho":
+        return 1.0 / math.sqrt(n)
+    return 1.0 / n if (norm == "forward") != inverse else 1.0
+
+
+def dft(n: int, *, inverse: bool = False, onesided: bool = False, norm: str | None = "backward",
+        dtype=torch.complex64) -> Butterfly:
+    """Length-n DFT as a complex K-matrix: equals ``torch.fft.fft(x, norm=norm)`` (``ifft`` with
+    ``inverse``, ``rfft`` with ``onesided``: n // 2 + 1 outputs) for real or complex input; norm is
+    torch.fft's ("backward" default, "ortho", "forward"), folded into the last factor.
 
     Powers of two: bit reversal (Benes: increasing + decreasing butterfly) then radix-2 DIT
     (increasing): 3 butterflies of size n.  Other n: chirp-z (Bluestein), 2 butterflies of size
@@ -233,7 +290,7 @@ def dft(n: int, *, inverse: bool = False, onesided: bool = False, dtype=torch.co
     cdtype = _complex_dtype(dtype)
     k_out = n // 2 + 1 if onesided else n
     sign = 1 if inverse else -1
-    scale = 1.0 / n if inverse else 1.0
+    scale = _fft_scale(n, inverse, norm)
     if n >= 2 and is_power_of_two(n):
         inc, dec = _benes_twiddle(_bit_reverse(n))
         dit = _fft_twiddle(n, increasing=True, sign=sign)
@@ -246,34 +303,170 @@ def dft(n: int, *, inverse: bool = False, onesided: bool = False, dtype=torch.co
     return Butterfly(n, k_out, nblocks=2, size=size, increasing_stride=False, twiddle=_to_torch(tw, cdtype)[None])
 
 
-def dct(n_in: int, n_out: int | None = None, *, norm: str | None = "ortho", dtype=torch.float32) -> Butterfly:
-    """DCT-II from n_in inputs to the first n_out coefficients, equal to
-    ``x @ torchaudio.functional.create_dct(n_out, n_in, norm)``.
+def idft(n: int, *, onesided: bool = False, norm: str | None = "backward", dtype=torch.complex64) -> Butterfly:
+    """The inverse DFT: equals ``torch.fft.ifft(x, norm=norm)`` (``dft(n, inverse=True, ...)``)."""
+    return dft(n, inverse=True, onesided=onesided, norm=norm, dtype=dtype)
 
-    ``y_k = c_k Re(exp(-i pi k / 2n) sum_m x_m exp(-2 pi i k m / 2n))``: a chirp-z transform of length
-    2n with the phase and scale folded into its last factor; the module returns the real part.
+
+def dft2(n1: int, n2: int, *, inverse: bool = False, norm: str | None = "backward",
+         dtype=torch.complex64) -> Butterfly:
+    """2-D DFT of (..., n2, n1) arrays flattened row-major to (..., n2 * n1): ``module(x.flatten(-2))
+    == torch.fft.fft2(x, norm=norm).flatten(-2)`` (``ifft2`` with ``inverse``).  The Kronecker
+    product ``F_n2 (x) F_n1`` of the two 1-D constructions (:func:`kfrontend.combine.kronecker`), 3
+    butterflies of size n1 n2; n1 and n2 must be powers of two (a Bluestein DFT pads, and padding
+    does not commute with flattening)."""
+    from kfrontend.combine import kronecker
+
+    for name, v in (("n1", n1), ("n2", n2)):
+        v = _check_size(name, v)
+        if v < 2 or not is_power_of_two(v):
+            raise ValueError(f"{name} must be a power of two >= 2 for dft2 (no padding), got {v}")
+    return kronecker(dft(n2, inverse=inverse, norm=norm, dtype=dtype), dft(n1, inverse=inverse, norm=norm, dtype=dtype))
+
+
+# ----------------------------------------------------------------------------------------------
+# Real trigonometric transforms (DCT / DST types II-IV): one chirp-z each, real part
+# ----------------------------------------------------------------------------------------------
+_TRIG_NORMS = (None, "backward", "ortho", "forward")
+
+
+def _trig_diagonals(kind: str, typ: int, n: int, n_out: int, norm: str | None):
+    """``(in_scale, out_scale)`` with ``y_k = Re(out_k sum_m in_m x_m exp(-2 pi i k m / 2n))`` equal to
+    scipy.fft's ``kind`` (dct / dst) of type ``typ`` (first n_out outputs, scipy's norms).
+
+    Each kernel is the real part of exp(-i pi (a k + b)(c m + d) / 2n) (a sine: of i times it);
+    expanding the product leaves the DFT kernel of length 2n and phases in k alone (out_scale) and
+    in m alone (in_scale).  All angles are reduced in integers.
     """
+    m, k = np.arange(n), np.arange(n_out)
+    w_in = np.ones(n)  # relative input weights; the sums carry scipy's overall factor 2 (backward)
+    if kind == "dct" and typ == 2:  # 2 sum x_m cos(pi k (2m + 1) / 2n)
+        in_ph, out_ph = np.ones(n), _unit(k, 2 * n)
+    elif kind == "dct" and typ == 3:  # x_0 + 2 sum_{m>0} x_m cos(pi m (2k + 1) / 2n)
+        w_in[0] = 0.5
+        in_ph, out_ph = _unit(m, 2 * n), np.ones(n_out)
+    elif kind == "dct":  # 4: 2 sum x_m cos(pi (2m + 1)(2k + 1) / 4n)
+        in_ph, out_ph = _unit(m, 2 * n), _unit(2 * k + 1, 4 * n)
+    elif typ == 2:  # 2 sum x_m sin(pi (k + 1)(2m + 1) / 2n): output k + 1 is output k and an input phase
+        in_ph, out_ph = _unit(m, n), 1j * _unit(k + 1, 2 * n)
+    elif typ == 3:  # (-1)^k x_{n-1} + 2 sum_{m<n-1} x_m sin(pi (m + 1)(2k + 1) / 2n)
+        w_in[-1] = 0.5
+        in_ph, out_ph = _unit(m + 1, 2 * n), 1j * _unit(k, n)
+    else:  # 4: 2 sum x_m sin(pi (2m + 1)(2k + 1) / 4n)
+        in_ph, out_ph = _unit(m, 2 * n), 1j * _unit(2 * k + 1, 4 * n)
+    if norm == "ortho":
+        # Orthonormal (scipy's orthogonalize=True): sqrt(2/n) for the 2, and the one row (type II)
+        # or column (type III) whose norm differs by a further 1/sqrt(2) (the half weight of type
+        # III becomes 1/sqrt(2)).  For the DST-II that is the LAST row: the reference library
+        # scales row 0, which is not orthonormal.
+        c_out = np.full(n_out, math.sqrt(2.0 / n))
+        edge = 0 if kind == "dct" else n - 1
+        if typ == 2 and edge < n_out:
+            c_out[edge] /= math.sqrt(2.0)
+        if typ == 3:
+            w_in[edge] = 1 / math.sqrt(2.0)
+    else:
+        c_out = np.full(n_out, 2.0 if norm in (None, "backward") else 1.0 / n)  # forward: 2 / 2n
+    return w_in * in_ph, c_out * out_ph
+
+
+def _trig_transform(kind: str, n_in: int, n_out: int | None, typ: int, norm, dtype) -> Butterfly:
     n_in = _check_size("n_in", n_in)
     n_out = n_in if n_out is None else _check_size("n_out", n_out)
     if n_out > n_in:
         raise ValueError(f"n_out ({n_out}) must be <= n_in ({n_in})")
-    if norm not in ("ortho", None):
-        raise ValueError(f"norm must be 'ortho' or None, got {norm!r}")
+    if typ not in (2, 3, 4):
+        raise ValueError(f"type must be 2, 3 or 4 for a {kind.upper()}, got {typ!r}")
+    if norm not in _TRIG_NORMS:
+        raise ValueError(f"norm must be one of {_TRIG_NORMS}, got {norm!r}")
     if dtype not in _RDTYPES:
         raise TypeError(f"dtype must be torch.float32 or torch.float64 (the output is real), got {dtype}")
-    k = np.arange(n_out)
-    if norm is None:
-        c = np.full(n_out, 2.0)
-    else:
-        c = np.full(n_out, math.sqrt(2.0 / n_in))
-        c[0] /= math.sqrt(2.0)
-    out_scale = c * np.exp(-1j * np.pi * k / (2 * n_in))
-    tw = _chirp_z_twiddle(n_in, n_out, 2 * n_in, -1, out_scale)
-    size = tw.shape[-3] * 2
+    in_scale, out_scale = _trig_diagonals(kind, typ, n_in, n_out, norm)
+    tw = _chirp_z_twiddle(n_in, n_out, 2 * n_in, -1, out_scale, in_scale)
     return Butterfly(
-        n_in, n_out, nblocks=2, size=size, increasing_stride=False,
+        n_in, n_out, nblocks=2, size=tw.shape[-3] * 2, increasing_stride=False,
         twiddle=_to_torch(tw, _RDTYPES[dtype])[None], real_output=True,
     )
+
+
+def dct(n_in: int, n_out: int | None = None, *, type: int = 2, norm: str | None = "ortho",
+        dtype=torch.float32) -> Butterfly:
+    """DCT of ``type`` 2 (default), 3 or 4 from n_in inputs to the first n_out coefficients, equal to
+    ``scipy.fft.dct(x, type, norm=norm)[..., :n_out]`` for real x (norm None / "backward", "ortho",
+    "forward"); type 2 equals ``x @ torchaudio.functional.create_dct(n_out, n_in, norm)``.
+
+    ``y_k = Re(out_k sum_m in_m x_m exp(-2 pi i k m / 2n))``: a chirp-z transform of length 2n with
+    the phases and scales folded into its first and last factors; the module returns the real part.
+    """
+    return _trig_transform("dct", n_in, n_out, type, norm, dtype)
+
+
+def dst(n_in: int, n_out: int | None = None, *, type: int = 2, norm: str | None = "ortho",
+        dtype=torch.float32) -> Butterfly:
+    """DST of ``type`` 2 (default), 3 or 4, equal to ``scipy.fft.dst(x, type, norm=norm)[..., :n_out]``
+    for real x; built as :func:`dct` (a sine is the real part of i times an exponential)."""
+    return _trig_transform("dst", n_in, n_out, type, norm, dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Circulant / Toeplitz matrices and circular convolution
+# ----------------------------------------------------------------------------------------------
+def _as_vector(name: str, v) -> tuple[np.ndarray, bool]:
+    """(complex128 copy, whether the data is complex)."""
+    a = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+    if a.ndim != 1 or len(a) < 1:
+        raise ValueError(f"{name} must be a non-empty 1-D vector, got shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} must be finite")
+    return a.astype(np.complex128), bool(np.iscomplexobj(a))
+
+
+def _structured(n_in: int, n_out: int, tw: np.ndarray, is_complex: bool, dtype) -> Butterfly:
+    """A decreasing-increasing pair of complex butterflies; a real dtype keeps the real part."""
+    if dtype is None:
+        dtype = torch.complex64 if is_complex else torch.float32
+    if is_complex and dtype in _RDTYPES:
+        raise TypeError(f"dtype {dtype} is real but the data is complex; pass a complex dtype")
+    return Butterfly(n_in, n_out, nblocks=2, size=tw.shape[-3] * 2, increasing_stride=False,
+                     twiddle=_to_torch(tw, _complex_dtype(dtype))[None], real_output=not dtype.is_complex)
+
+
+def toeplitz(col, row=None, *, dtype=None) -> Butterfly:
+    """``x @ T.T`` for the Toeplitz matrix ``T = scipy.linalg.toeplitz(col, row)`` (len(col) x len(row);
+    row defaults to conj(col), row[0] is ignored): a circulant of size >= len(col) + len(row) - 1.
+
+    ``dtype`` None: float32 for real data (the module returns the real part: exact for real x),
+    complex64 for complex data; a complex dtype gives a complex map (for complex x).
+    """
+    c, c_cplx = _as_vector("col", col)
+    r, r_cplx = (np.conj(c), c_cplx) if row is None else _as_vector("row", row)
+    return _structured(len(r), len(c), _toeplitz_twiddle(c, r), c_cplx or r_cplx, dtype)
+
+
+def circulant(col, *, dtype=None) -> Butterfly:
+    """``x @ C.T`` for the circulant ``C = scipy.linalg.circulant(col)``, ``C[i, j] = col[(i - j) mod n]``.
+    A power-of-two n is one DIF / inverse-DIT pair of size n; other n a Toeplitz embedding of size
+    >= 2n - 1.  ``dtype`` as :func:`toeplitz`."""
+    c, is_complex = _as_vector("col", col)
+    n = len(c)
+    if n >= 2 and is_power_of_two(n):
+        return _structured(n, n, _circulant_twiddle(c), is_complex, dtype)
+    return _structured(n, n, _toeplitz_twiddle(c, np.concatenate((c[:1], c[1:][::-1]))), is_complex, dtype)
+
+
+def circular_convolution(kernel, n: int | None = None, *, dtype=None) -> Butterfly:
+    """Circular convolution with ``kernel`` over length n (default len(kernel)):
+    ``y[i] = sum_j kernel[j] x[(i - j) mod n]``, i.e. ``torch.fft.ifft(fft(kernel, n) * fft(x))``:
+    the circulant of the kernel zero-padded to n.  (``nn.Conv1d(1, 1, k, padding=(k - 1) // 2,
+    padding_mode="circular")`` is a cross-correlation: its kernel is the weight flipped and rolled
+    by -padding.)  ``dtype`` as :func:`toeplitz`."""
+    h, is_complex = _as_vector("kernel", kernel)
+    n = len(h) if n is None else _check_size("n", n)
+    if len(h) > n:
+        raise ValueError(f"kernel has {len(h)} taps, more than n = {n}")
+    col = np.zeros(n, dtype=np.complex128)
+    col[:len(h)] = h
+    return circulant(col if is_complex else col.real, dtype=dtype)
 
 
 def hadamard(n: int, *, normalized: bool = False, dtype=torch.float32) -> Butterfly:
