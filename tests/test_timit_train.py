@@ -186,10 +186,24 @@ def test_demo_end_to_end_and_idempotent(tmp_path, capsys):
             "--config", str(cfg), "--max-steps", "4", "--frontends", "mfsc,mfcc"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "PER %" in out and "mfcc" in out
-    for f in ("results.md", "curves.png", "exp/mfsc/curves.png", "exp/mfcc/decode_test/hyp.txt"):
+    for f in ("results.md", "curves.png", "exp/mfsc/curves.png", "exp/mfcc/decode_test/hyp.txt",
+              "exp/mfcc/decode_dev/hyp.txt"):
         assert (tmp_path / "w" / f).exists(), f
     first = (tmp_path / "w" / "results.md").read_text()
+    # one table row per front end, in order, with numbers that parse and add up; printed too
+    lines = [line for line in first.splitlines() if line.startswith("| ")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [dict(zip(head, (c.strip() for c in line.strip("|").split("|")))) for line in lines[1:]]
+    assert [r["front end"] for r in rows] == ["mfsc", "mfcc"]
+    for r in rows:
+        assert r["front end"] in out and r["test PER %"] in out
+        sub, dele, ins, ref = (int(r[k]) for k in ("sub", "del", "ins", "ref phones"))
+        assert ref == sum(len(u["phones39"]) for u in load_manifest(tmp_path / "w" / "data", "test"))
+        assert float(r["test PER %"]) == pytest.approx(100 * (sub + dele + ins) / ref, abs=0.006)
+        # PER may pass 100 only through insertions: its substitution + deletion part is in [0, 100]
+        assert 0 <= 100 * (sub + dele) / ref <= 100 and 0 <= 100 * ins / ref <= float(r["test PER %"])
+        assert all(0 <= float(r[k]) <= 100 for k in ("dev PER %", "test PER %")), r  # few insertions here
+        assert int(r["ckpt step"]) <= 4
     state = _state(tmp_path / "w" / "exp" / "mfsc")["model"]
     assert main(args) == 0  # everything done: nothing is recomputed, same results
     assert "already complete" in capsys.readouterr().out

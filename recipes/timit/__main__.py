@@ -1,4 +1,4 @@
-"""python -m recipes.timit {synth,prepare,train,evaluate,demo} ... (run from the repository root)."""
+"""python -m recipes.timit {synth,prepare,train,evaluate,compare,demo} ... (run from the repository root)."""
 from __future__ import annotations
 
 import argparse
@@ -7,10 +7,27 @@ import sys
 from pathlib import Path
 
 
+def _degradation(a, command: str):
+    """The --snr/--noise/--reverb/--rt60 arguments checked before any work (None: refused)."""
+    from recipes.timit.degrade import Degradation
+    try:
+        return Degradation(snr=a.snr or (), noise=a.noise, reverb=a.reverb, rt60=a.rt60)
+    except ValueError as e:
+        print(f"{command}: {e}", file=sys.stderr)
+        return None
+
+
+def _synth_kwargs(deg, a) -> dict:
+    return dict(snr=deg.snr, noise=deg.noise, reverb=deg.reverb, rt60=deg.rt60, voices=a.voices)
+
+
 def _synth(a):
     from recipes.timit.synth import synth_corpus
+    deg = _degradation(a, "synth")
+    if deg is None:
+        return 2
     synth_corpus(a.out, speakers=a.speakers, utts_per_speaker=a.utts_per_speaker, seed=a.seed,
-                 layout=a.layout, case=a.case, audio_format=a.audio, jobs=a.jobs)
+                 layout=a.layout, case=a.case, audio_format=a.audio, jobs=a.jobs, **_synth_kwargs(deg, a))
 
 
 def _prepare(a):
@@ -39,10 +56,24 @@ def _evaluate(a):
         Path(a.markdown).write_text(table(rows, markdown=True) + "\n")
 
 
+def _compare(a):
+    from recipes.timit.compare import compare
+    try:
+        report = compare(a.data, a.work, a.frontends, a.seeds, config=a.config, max_steps=a.max_steps,
+                         overrides=a.overrides, jobs=a.jobs, shard=a.shard)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"compare: {e}", file=sys.stderr)
+        return 2
+    return 1 if report["failed"] else 0
+
+
 def _demo(a):
-    from recipes.timit.evaluate import evaluate, table
+    from recipes.timit.compare import run_one, runs_table
     from recipes.timit.prepare import prepare
-    from recipes.timit.train import load_config, train
+    from recipes.timit.train import load_config
+    deg = _degradation(a, "demo")
+    if deg is None:
+        return 2
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     if a.timit:
@@ -50,7 +81,7 @@ def _demo(a):
     else:
         from recipes.timit.synth import synth_corpus
         corpus = synth_corpus(work / "corpus", speakers=a.speakers, utts_per_speaker=a.utts_per_speaker,
-                              seed=a.seed)
+                              seed=a.seed, **_synth_kwargs(deg, a))
     data = work / "data"
     done = data / "prepare.json"
     if not (done.exists() and json.loads(done.read_text())["corpus"] == str(corpus.resolve())):
@@ -63,13 +94,14 @@ def _demo(a):
             if fe in ("kaleidoscope", "kaleidoscope_mfcc"):  # initialised as MFSC / MFCC: freeze, then fine-tune
                 over["frontend_freeze_epochs"] = a.freeze_epochs
         cfg = load_config(a.config, over)
-        exp = work / "exp" / fe
-        train(data, exp, cfg)
-        rows.append(evaluate(exp, "test"))
+        rows.append(run_one(data, work / "exp" / fe, cfg))  # train (or resume), evaluate dev and test
     print()
-    print(table(rows))
-    (work / "results.md").write_text(table(rows, markdown=True) + "\n")
-    _combined_curves(work / "exp", [r["exp"] for r in rows])
+    print(runs_table(rows))
+    text = "PER % on the 39-phone set, greedy decoding, best-dev checkpoint.\n\n" + runs_table(rows) + "\n"
+    tmp = work / "results.md.tmp"
+    tmp.write_text(text)
+    tmp.replace(work / "results.md")
+    _combined_curves(work / "exp", [fe for fe in a.frontends.split(",")])
     print(f"\ncurves: {work / 'exp'}/<front end>/curves.png and {work / 'curves.png'}; "
           f"per-utterance hypotheses: {work / 'exp'}/<front end>/decode_test/hyp.txt")
 
@@ -98,6 +130,17 @@ def _combined_curves(exp_root: Path, names: list[str]):
     plt.close(fig)
 
 
+def _degradation_args(s):
+    g = s.add_argument_group("noise and reverberation (synthetic corpus; recipes/timit/degrade.py)")
+    g.add_argument("--snr", default=None,
+                   help="dB values, one drawn per utterance, e.g. 20,10,5 (inf: clean); default: no noise")
+    g.add_argument("--noise", default="white,pink,brown,babble", help="noise types, one drawn per utterance")
+    g.add_argument("--reverb", default="0", help="probability that an utterance is reverberant (0..1)")
+    g.add_argument("--rt60", default="0.2,0.8", help="RT60 range LOW,HIGH in seconds (0.1..1.2)")
+    g.add_argument("--voices", choices=("standard", "extended"), default="standard",
+                   help="espeak-ng voice variants: standard (m1-m8, f1-f5) or extended (+20 more)")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m recipes.timit",
                                 description="TIMIT phone recognition with learnable kaleidoscope front ends")
@@ -112,6 +155,7 @@ def main(argv=None):
     s.add_argument("--case", choices=("upper", "lower"), default="upper")
     s.add_argument("--audio", choices=("sphere", "riff"), default="sphere")
     s.add_argument("--jobs", type=int, default=None, help="worker processes (default: CPU count)")
+    _degradation_args(s)
     s.set_defaults(fn=_synth)
 
     s = sub.add_parser("prepare", help="train/dev/test manifests from a TIMIT corpus")
@@ -137,6 +181,22 @@ def main(argv=None):
     s.add_argument("--data", default=None, help="manifests directory (default: the one used in training)")
     s.set_defaults(fn=_evaluate)
 
+    s = sub.add_parser("compare", help="train front ends over seeds; mean ± std of dev/test PER, resumable")
+    s.add_argument("--data", required=True, help="directory written by prepare")
+    s.add_argument("--work", required=True, help="runs go to WORK/<front end>/seed<k>/; WORK/compare.{md,json,png}")
+    s.add_argument("--frontends", default="mfsc,kaleidoscope", help="comma-separated front ends")
+    s.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (config key seed)")
+    s.add_argument("--config", default="small", help="small | paper | path to a JSON config")
+    s.add_argument("--max-steps", type=int, default=None)
+    s.add_argument("--jobs", type=int, default=1,
+                   help="runs at once, each in its own process with cpu_threads=1 unless overridden")
+    s.add_argument("--shard", default="0/1",
+                   help="i/n: this process takes runs i, i+n, ... (start n commands to share the runs)")
+    s.add_argument("overrides", nargs="*",
+                   help="key=value for every run, or FRONTEND:key=value for that front end's runs "
+                        "(e.g. kaleidoscope:frontend_freeze_epochs=2)")
+    s.set_defaults(fn=_compare)
+
     s = sub.add_parser("demo", help="synth -> prepare -> train -> evaluate, resumable")
     s.add_argument("--work", required=True)
     s.add_argument("--timit", default=None, help="use this real TIMIT instead of the synthetic corpus")
@@ -151,6 +211,7 @@ def main(argv=None):
     s.add_argument("--freeze-epochs", type=int, default=2,
                    help="epochs with the exact-init front ends frozen before fine-tuning")
     s.add_argument("--skip-bad", action="store_true")
+    _degradation_args(s)
     s.set_defaults(fn=_demo)
 
     a = p.parse_args(argv)
