@@ -4,8 +4,10 @@ Without a GPU the Triton kernels run in the interpreter: ``TRITON_INTERPRET`` mu
 ``@triton.jit`` function is created, i.e. before ``kfrontend.kernels`` is imported, so it is set here.
 """
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 try:
@@ -37,6 +39,21 @@ def sphere_dir() -> Path:
     if not SPHERE_DIR.is_dir():
         pytest.skip(f"NIST SPHERE sample not found at {SPHERE_DIR}")
     return SPHERE_DIR
+
+
+SEED = 0
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Seed torch's, numpy's and Python's global generators before each test *and its fixtures* are
+    set up (a fixture or test that draws without its own generator -- ``torch.randn(...)``,
+    a module's random init -- then sees the same numbers whether it runs alone, in the whole suite
+    or in another order, so a failure is reproducible).  Tests that need independent draws pass
+    their own ``torch.Generator``."""
+    torch.manual_seed(SEED)
+    np.random.seed(SEED)
+    random.seed(SEED)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,0 +1,311 @@
+"""kfrontend.features function by function, against torch.stft, torchaudio.compliance.kaldi and
+torchaudio.functional (the counterparts the front end must equal), or a formula written out here.
+
+Fast, float64 unless said otherwise; tolerance 1e-12 relative to the reference's largest value
+unless said otherwise (everything here is a few float64 operations).  These tests exist so that
+mutation testing of features.py (tools/mutation.sh) can run on seconds of tests, not the front end's
+whole suite; docs/TESTING.md has the score.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchaudio.compliance.kaldi as kaldi
+import torchaudio.functional as taF
+
+from kfrontend import features as Fe
+
+TOL = 1e-12
+D = torch.float64
+
+
+def _close(got, ref, tol=TOL):
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    scale = ref.abs().max().clamp_min(1e-300)
+    assert ((got - ref).abs().max() / scale).item() <= tol
+
+
+def _signal(*shape, seed=0):
+    return torch.randn(*shape, dtype=D, generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------------------------------------
+# torch.stft framing
+# ------------------------------------------------------------------------------------------------
+def _stft_frames_ref(x, n_fft, hop, win, center, pad_mode, pad):
+    """torch.stft's frames, read back from torch.stft itself: with a rectangular window and the
+    two-sided spectrum, the inverse DFT of column t is frame t with zeros outside the window's
+    support.  Returns the n_fft-long frames (..., frames, n_fft)."""
+    if pad:
+        x = F.pad(x, (pad, pad))  # torchaudio's Spectrogram pads with zeros before torch.stft
+    spec = torch.stft(x, n_fft, hop, win, torch.ones(win, dtype=D), center=center, pad_mode=pad_mode,
+                      onesided=False, return_complex=True)
+    return torch.fft.ifft(spec, dim=-2).real.transpose(-1, -2)
+
+
+STFT_CASES = [  # n_fft, hop, win_length, center, pad_mode, pad
+    (64, 16, 64, True, "reflect", 0),
+    (64, 16, 48, True, "reflect", 0),     # even n_fft - win_length
+    (64, 16, 37, True, "reflect", 0),     # odd n_fft - win_length
+    (64, 20, 41, True, "constant", 0),
+    (64, 16, 50, True, "replicate", 3),
+    (64, 24, 64, True, "circular", 0),
+    (63, 16, 30, False, "reflect", 0),    # odd n_fft, no centring
+    (64, 16, 51, False, "reflect", 5),
+]
+
+
+@pytest.mark.parametrize("n_fft,hop,win,center,pad_mode,pad", STFT_CASES)
+def test_stft_frames_are_torch_stft_frames(n_fft, hop, win, center, pad_mode, pad):
+    """Frames under the window, whole tensor and per item (items of different lengths in one
+    zero-padded batch, garbage after each item's end): equal to torch.stft's frames of each item
+    alone.  torch.stft puts the window at (n_fft - win_length) // 2 of the frame (its documented
+    centring); the rest of each reference frame must be exactly zero, which pins that offset
+    from torch.stft's own output."""
+    x = _signal(3, 700)
+    lengths = torch.tensor([700, 517, 301])
+    batch = x.clone()
+    for i, n in enumerate(lengths):
+        batch[i, n:] = 1e6  # must never be read
+    off = (n_fft - win) // 2
+    kw = dict(n_fft=n_fft, hop_length=hop, win_length=win, center=center, pad_mode=pad_mode, pad=pad)
+    whole = Fe.stft_frames(x, **kw)
+    per_item = Fe.stft_frames(batch, lengths=lengths, **kw)
+    for i, n in enumerate(lengths.tolist()):
+        ref = _stft_frames_ref(x[i, :n], n_fft, hop, win, center, pad_mode, pad)
+        outside = torch.cat((ref[..., :off], ref[..., off + win:]), -1)
+        assert outside.numel() == 0 or outside.abs().max() <= 1e-12
+        frames = Fe.stft_num_frames(n, n_fft, hop, center, pad)
+        assert frames == ref.shape[-2]
+        assert int(Fe.stft_num_frames(torch.tensor(n), n_fft, hop, center, pad)) == frames
+        _close(per_item[i, :frames], ref[..., off: off + win])
+        if n == 700:
+            _close(whole[i], ref[..., off: off + win])
+    assert whole.shape == (3, Fe.stft_num_frames(700, n_fft, hop, center, pad), win)
+
+
+def test_stft_frames_keep_leading_dims():
+    x = _signal(2, 3, 500)
+    kw = dict(n_fft=64, hop_length=16, win_length=40)
+    y = Fe.stft_frames(x, **kw)
+    _close(y[1, 2], Fe.stft_frames(x[1, 2], **kw))
+    _close(Fe.stft_frames(x, lengths=torch.full((2, 3), 500), **kw), y)
+
+
+@pytest.mark.parametrize("center,pad_mode,pad,ok,bad", [
+    (True, "reflect", 0, 33, 32),     # reflection needs more than n_fft // 2 = 32 samples
+    (True, "reflect", 2, 29, 28),     # ... counting the constant pad on both sides
+    (True, "constant", 0, 1, None),   # constant padding takes any length
+    (False, "reflect", 0, 64, 63),    # no centring: at least one whole frame
+    (False, "reflect", 3, 58, 57),
+])
+def test_stft_length_limits_match_torch(center, pad_mode, pad, ok, bad):
+    """The shortest accepted input, exactly: torch.stft accepts ``ok`` samples (checked) and ours
+    does too; one sample fewer, ours refuses with a message naming the limit."""
+    kw = dict(n_fft=64, hop_length=16, win_length=64, center=center, pad_mode=pad_mode, pad=pad)
+    _stft_frames_ref(_signal(ok), 64, 16, 64, center, pad_mode, pad)
+    Fe.stft_frames(_signal(ok), **kw)
+    Fe.stft_frames(_signal(2, 100), lengths=torch.tensor([100, ok]), **kw)
+    if bad is not None:
+        with pytest.raises(ValueError, match="too short"):
+            Fe.stft_frames(_signal(bad), **kw)
+        with pytest.raises(ValueError, match="too short"):
+            Fe.stft_frames(_signal(2, 100), lengths=torch.tensor([100, bad]), **kw)
+
+
+# ------------------------------------------------------------------------------------------------
+# Kaldi framing and preprocessing
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size,shift,snip", [(40, 16, True), (40, 16, False), (41, 15, False), (25, 10, True),
+                                             (25, 10, False)])
+def test_kaldi_frames_are_torchaudio_kaldi_frames(size, shift, snip):
+    """Whole tensor and per item vs torchaudio.compliance.kaldi's own framing (_get_strided)."""
+    x = _signal(3, 300)
+    lengths = torch.tensor([300, 187, 41])
+    batch = x.clone()
+    for i, n in enumerate(lengths):
+        batch[i, n:] = 1e6
+    whole = Fe.kaldi_frames(x, window_size=size, window_shift=shift, snip_edges=snip)
+    per_item = Fe.kaldi_frames(batch, window_size=size, window_shift=shift, snip_edges=snip, lengths=lengths)
+    for i, n in enumerate(lengths.tolist()):
+        ref = kaldi._get_strided(x[i, :n], size, shift, snip)
+        frames = Fe.kaldi_num_frames(n, size, shift, snip)
+        assert frames == ref.shape[0] and int(Fe.kaldi_num_frames(torch.tensor(n), size, shift, snip)) == frames
+        _close(per_item[i, :frames], ref)
+        if n == 300:
+            _close(whole[i], ref)
+
+
+def test_kaldi_frame_counts_and_short_input():
+    """Frame counts at the edges vs torchaudio; fewer samples than the window are refused, as
+    torchaudio does (it asserts), and a signal of exactly one window gives one frame."""
+    for n in (25, 26, 34, 35, 36, 44, 45):
+        for snip in (True, False):
+            want = kaldi._get_strided(_signal(n), 25, 10, snip).shape[0]
+            assert Fe.kaldi_num_frames(n, 25, 10, snip) == want, (n, snip)
+    # snip_edges with fewer samples than the window: no frame (torchaudio returns an empty tensor
+    # for 0 < n < window in _get_strided; the front end refuses such input before counting)
+    assert Fe.kaldi_num_frames(24, 25, 10, True) == 0
+    assert int(Fe.kaldi_num_frames(torch.tensor(24), 25, 10, True)) == 0
+    assert kaldi._get_strided(_signal(24), 25, 10, True).shape[0] == 0
+    assert Fe.kaldi_frames(_signal(25), window_size=25, window_shift=10).shape == (1, 25)
+    with pytest.raises(ValueError, match="too short: 24 samples"):
+        Fe.kaldi_frames(_signal(24), window_size=25, window_shift=10)
+    with pytest.raises(ValueError, match="too short: 24 samples"):
+        Fe.kaldi_frames(_signal(2, 30), window_size=25, window_shift=10, lengths=torch.tensor([30, 24]))
+
+
+@pytest.mark.parametrize("kind", Fe.KALDI_WINDOWS)
+@pytest.mark.parametrize("size", [2, 25, 400])
+def test_kaldi_window_equals_torchaudio(kind, size):
+    ref = kaldi._feature_window_function(kind, size, 0.42, torch.device("cpu"), D)
+    _close(Fe.kaldi_window(kind, size, 0.42), ref)
+    if kind == "blackman":
+        _close(Fe.kaldi_window(kind, size, 0.3),
+               kaldi._feature_window_function(kind, size, 0.3, torch.device("cpu"), D))
+    with pytest.raises(ValueError, match="window_type must be one of"):
+        Fe.kaldi_window("hann", size)
+
+
+@pytest.mark.parametrize("dc,a", [(False, 0.0), (True, 0.0), (False, 0.97), (True, 0.97), (True, 0.5)])
+def test_kaldi_preprocess_and_fold(dc, a):
+    """Preprocessing written out from Kaldi's definition (DC removal, then y_0 = x_0 - a x_0,
+    y_i = x_i - a x_{i-1}); folding it into a weight gives the same product."""
+    f = _signal(7, 25)
+    ref = f - f.mean(-1, keepdim=True) if dc else f.clone()
+    prev = torch.cat((ref[:, :1], ref[:, :-1]), -1)
+    ref = ref - a * prev
+    got = Fe.kaldi_preprocess(f, dc, a)
+    _close(got, ref)
+    w = _signal(25, 9, seed=1)
+    _close(f @ Fe.kaldi_fold(w, dc, a), ref @ w)
+    w1, f1 = _signal(1, 3, seed=2), _signal(4, 1, seed=3)  # a one-sample window
+    _close(f1 @ Fe.kaldi_fold(w1, dc, a), Fe.kaldi_preprocess(f1, dc, a) @ w1)
+
+
+def test_frame_log_energy_equals_torchaudio():
+    frames = _signal(6, 25)
+    frames[0] = 0.0            # zero energy: log(float32 eps)
+    frames[1] *= 1e-3          # below the floor of 1.0
+    eps = kaldi._get_epsilon(torch.device("cpu"), D)
+    for floor in (0.0, 1.0, 0.5):
+        ref = kaldi._get_log_energy(frames, eps, floor)
+        _close(Fe.frame_log_energy(frames, floor), ref)
+    assert Fe.frame_log_energy(frames, 0.0)[0].item() == pytest.approx(math.log(Fe.FLOAT32_EPS), rel=1e-15)
+
+
+# ------------------------------------------------------------------------------------------------
+# Matmuls over frames and layouts
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(300,), (2, 300), (2, 3, 300)])
+@pytest.mark.parametrize("method", ["auto", "conv", "unfold"])
+def test_frames_matmul_equals_unfold_then_matmul(shape, method):
+    xp = _signal(*shape)
+    w = _signal(40, 7, seed=1)
+    ref = xp.unfold(-1, 40, 16) @ w
+    got = Fe.frames_matmul(xp, w, 16, method)
+    _close(got, ref)
+
+
+def test_matmul_last_both_layouts():
+    w = _signal(5, 3, seed=1)
+    plain = _signal(2, 4, 7, 5)
+    transposed = _signal(2, 4, 5, 7).transpose(-1, -2)  # the strided conv's (..., F, T) layout
+    assert not transposed.is_contiguous()
+    for x in (plain, transposed, transposed[0]):
+        y = Fe.matmul_last(x, w)
+        _close(y, x.contiguous() @ w)
+        assert y.is_contiguous()
+
+
+# ------------------------------------------------------------------------------------------------
+# Power, log, dB, masks
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("power", [1.0, 2.0, 0.5, 3.0])
+def test_power_spectrum_plain_and_packed(power):
+    """|re + i im| ** power vs torch.abs of the complex number, exact zeros included (they stay 0,
+    and their gradient is 0, not NaN)."""
+    re, im = _signal(4, 6, 9), _signal(4, 6, 9, seed=1)
+    re[0, 0, :3] = 0.0
+    im[0, 0, :3] = 0.0
+    ref = torch.complex(re, im).abs() ** power
+    _close(Fe.power_spectrum(re, im, power), ref, 1e-12)
+    packed = torch.cat((re, im), -1)  # [Re | Im] (..., T, 2n)
+    _close(Fe.power_spectrum_packed(packed, 9, power), ref, 1e-12)
+    conv_layout = packed.transpose(-1, -2).contiguous().transpose(-1, -2)  # (..., 2n, T) storage
+    _close(Fe.power_spectrum_packed(conv_layout, 9, power), ref, 1e-12)
+    r, i = re.clone().requires_grad_(), im.clone().requires_grad_()
+    Fe.power_spectrum(r, i, power).sum().backward()
+    assert torch.isfinite(r.grad).all() and torch.isfinite(i.grad).all()
+    assert (r.grad[0, 0, :3] == 0).all()
+
+
+def test_safe_log():
+    x = torch.tensor([0.0, 1e-9, 1.0, -0.5, float("nan")], dtype=D)
+    got = Fe.safe_log(x, 1e-6)
+    ref = torch.log(torch.clamp(x + 1e-6, min=Fe.FLOAT32_EPS))
+    assert torch.equal(got[:4], ref[:4]) and torch.isnan(got[4])
+    assert got[2].item() == pytest.approx(math.log(1 + 1e-6), rel=1e-15)
+    assert Fe.safe_log(x, 0.0)[0].item() == pytest.approx(math.log(Fe.FLOAT32_EPS), rel=1e-15)
+    assert Fe.safe_log(x, 0.0, floor=1e-3)[1].item() == pytest.approx(math.log(1e-3), rel=1e-15)
+    assert Fe.safe_log(x, 0.0)[2].item() == 0.0
+
+
+@pytest.mark.parametrize("shape", [(40, 30), (3, 40, 30), (2, 3, 40, 30), (2, 2, 3, 40, 30)])
+@pytest.mark.parametrize("top_db", [None, 80.0, 20.0])
+@pytest.mark.parametrize("db_multiplier", [0.0, 0.7])
+def test_amplitude_to_db_equals_torchaudio(shape, top_db, db_multiplier):
+    """Same (..., freq, time) semantics, the top_db clamp's grouping included: items differ by
+    orders of magnitude so where the maximum is taken matters."""
+    x = _signal(*shape).abs() ** 4
+    scale = torch.logspace(0, -12, math.prod(shape[:-2]) or 1, dtype=D).reshape(shape[:-2] or ())
+    x = x * scale[..., None, None] if len(shape) > 2 else x
+    x[..., 0, 0] = 0.0  # below amin
+    for mult, amin in ((10.0, 1e-10), (20.0, 1e-5)):
+        ref = taF.amplitude_to_DB(x, mult, amin, db_multiplier, top_db)
+        _close(Fe.amplitude_to_db(x, mult, amin, db_multiplier, top_db), ref)
+
+
+def test_frame_mask():
+    n = torch.tensor([[0, 3], [5, 1]])
+    m = Fe.frame_mask(n, 5)
+    ref = torch.arange(5)[None, None] < n[..., None]
+    assert m.dtype == torch.bool and torch.equal(m, ref)
+    assert m.sum().item() == 9
+
+
+# ------------------------------------------------------------------------------------------------
+# Input checks
+# ------------------------------------------------------------------------------------------------
+def test_check_waveform_refuses_what_it_should():
+    Fe.check_waveform(torch.zeros(3))
+    Fe.check_waveform(torch.zeros(2, 3, dtype=torch.float16))
+    with pytest.raises(TypeError, match="waveform must be a torch.Tensor of shape \\(..., time\\), got list"):
+        Fe.check_waveform([0.0])
+    with pytest.raises(TypeError, match="x must be real"):
+        Fe.check_waveform(torch.zeros(3, dtype=torch.complex64), "x")
+    with pytest.raises(TypeError, match="floating point.*int16.*32768"):
+        Fe.check_waveform(torch.zeros(3, dtype=torch.int16))
+    with pytest.raises(TypeError, match="floating point"):
+        Fe.check_waveform(torch.zeros(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="0-d"):
+        Fe.check_waveform(torch.tensor(1.0))
+
+
+def test_check_lengths_bounds_and_types():
+    x = torch.zeros(2, 3, 50)
+    got = Fe.check_lengths([[1, 50, 7], [2, 3, 4]], x)  # both ends of [1, 50] are valid
+    assert got.dtype == torch.long and got.tolist() == [[1, 50, 7], [2, 3, 4]]
+    assert Fe.check_lengths(torch.tensor([[1, 2, 3], [4, 5, 6]], dtype=torch.int32), x).dtype == torch.long
+    for bad, lo, hi in (([[0, 50, 7], [2, 3, 4]], 0, 50), ([[1, 51, 7], [2, 3, 4]], 1, 51)):
+        with pytest.raises(ValueError, match=rf"lengths must lie in \[1, 50\].*got values in \[{lo}, {hi}\]"):
+            Fe.check_lengths(bad, x)
+    with pytest.raises(ValueError, match=r"n must have shape \(2, 3\).*got \(2,\)"):
+        Fe.check_lengths([1, 2], x, "n")
+    for dtype in (torch.float32, torch.bool, torch.complex64):
+        with pytest.raises(TypeError, match="integer tensor"):
+            Fe.check_lengths(torch.ones(2, 3, dtype=dtype), x)
+    assert Fe.check_lengths(torch.zeros(0, dtype=torch.long), torch.zeros(0, 5)).shape == (0,)
