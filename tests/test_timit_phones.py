@@ -31,9 +31,12 @@ def test_folding_examples_and_errors():
     assert P.fold61to48(seq) == ["sil", "vcl", "b", "ix", "er", "sil", "zh", "uw", "m", "sil"]
     assert P.fold61to39(seq) == ["sil", "sil", "b", "ih", "er", "sil", "sh", "uw", "m", "sil"]
     assert P.fold48to39(["cl", "vcl", "epi", "ao", "en"]) == ["sil", "sil", "sil", "aa", "n"]
-    with pytest.raises(ValueError, match="unknown TIMIT-61 phone label 'xx'"):
+    # the message names the label set the input was taken for
+    with pytest.raises(ValueError, match="^unknown TIMIT-61 phone label 'xx'$"):
         P.fold61to48(["h#", "xx"])
-    with pytest.raises(ValueError, match="48-phone"):
+    with pytest.raises(ValueError, match="^unknown TIMIT-61 phone label 'vcl'$"):
+        P.fold61to39(["h#", "vcl"])  # a 48-phone label is not a TIMIT-61 label
+    with pytest.raises(ValueError, match="^unknown 48-phone phone label 'bcl'$"):
         P.fold48to39(["bcl"])  # a 61-phone label is not a 48-phone label
 
 
@@ -58,10 +61,26 @@ def test_per_hand_worked():
     r = P.per([["a", "b", "c"], ["d", "e"]], [["a", "c"], ["d", "e", "f"]])
     assert (r["sub"], r["del"], r["ins"], r["ref_phones"], r["errors"]) == (0, 1, 1, 5, 2)
     assert r["per"] == pytest.approx(40.0)
-    with pytest.raises(ValueError, match="same length"):
+    assert r["utterances"] == 2
+    with pytest.raises(ValueError, match="^refs and hyps must have the same length, got 1 and 0$"):
         P.per([["a"]], [])
-    with pytest.raises(ValueError, match="no phones"):
+    with pytest.raises(ValueError, match="^PER is undefined: the references hold no phones$"):
         P.per([[]], [["a"]])
+
+
+def test_per_sums_every_count_over_utterances():
+    """Each count is the sum over utterances (each kind of error occurs in two of them, so a count
+    that is overwritten instead of summed shows).  By hand, each breakdown the only one at its
+    edit distance (I - D is fixed by the lengths):
+    1: ref a b c d   / hyp a x c d e    -> S 1 (b->x), I 1 (e)
+    2: ref a b c     / hyp x b          -> S 1 (a->x), D 1 (c)
+    3: ref a b c d e / hyp x a b d e f  -> D 1 (c), I 2 (x, f)   (as in the table above)
+    S 2, D 2, I 3 = 7 errors over 12 reference phones."""
+    refs = ["a b c d", "a b c", "a b c d e"]
+    hyps = ["a x c d e", "x b", "x a b d e f"]
+    r = P.per([x.split() for x in refs], [x.split() for x in hyps])
+    assert (r["sub"], r["del"], r["ins"], r["ref_phones"], r["errors"], r["utterances"]) == (2, 2, 3, 12, 7, 3)
+    assert r["per"] == pytest.approx(700 / 12)
 
 
 def test_breakdown_matches_torchaudio_edit_distance():
