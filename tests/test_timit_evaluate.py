@@ -1,0 +1,68 @@
+"""recipes.timit.evaluate beyond decoding (tests/test_mutation_regressions.py scores a hand-worked
+decode): loading a checkpoint, the refusals, and the results table, each against values written
+out here.  Fast (a 16-unit model, no training)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recipes.timit import evaluate as E
+from recipes.timit.model import Recognizer
+from recipes.timit.train import load_config
+
+
+def _cfg():
+    return load_config("small", dict(hidden=16, layers=1, dropout=0.0))
+
+
+def _save(path, model, cfg, **extra):
+    torch.save({"config": cfg, "model": model.state_dict(), "optimizer": {"x": 1}, "rng": 2, "schedule": 3,
+                **extra}, path)
+
+
+def test_load_experiment_best_then_last_and_metadata(tmp_path):
+    cfg = _cfg()
+    torch.manual_seed(1)
+    best, last = Recognizer(cfg), Recognizer(cfg)
+    _save(tmp_path / "best.pt", best, cfg, step=7)
+    _save(tmp_path / "last.pt", last, cfg, step=9)
+    for which, want, step in (("best", best, 7), ("last", last, 9)):
+        model, c, meta = E.load_experiment(tmp_path, which)
+        assert c == cfg and meta["step"] == step and meta["checkpoint"] == str(tmp_path / f"{which}.pt")
+        assert not ({"model", "optimizer", "rng", "schedule"} & set(meta))  # only the metadata
+        assert all(torch.equal(v, want.state_dict()[k]) for k, v in model.state_dict().items())
+        assert next(model.parameters()).device.type == "cpu"
+    (tmp_path / "best.pt").unlink()  # no best.pt: best falls back to last.pt
+    model, _, meta = E.load_experiment(tmp_path, "best")
+    assert meta["checkpoint"] == str(tmp_path / "last.pt") and meta["step"] == 9
+    (tmp_path / "last.pt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"^no checkpoint in .* \(expected best.pt or last.pt\): train first$"):
+        E.load_experiment(tmp_path, "best")
+    _save(tmp_path / "best.pt", best, cfg, step=7)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):  # last is asked for: no fallback to best
+        E.load_experiment(tmp_path, "last")
+
+
+def test_evaluate_refuses_other_splits(tmp_path):
+    with pytest.raises(ValueError, match=r"^split must be 'dev' or 'test', got 'train'$"):
+        E.evaluate(tmp_path, "train")
+
+
+ROW = {"exp": "kal", "frontend": "kaleidoscope", "split": "test", "per": 21.456, "sub": 10, "del": 5, "ins": 2,
+       "ref_phones": 80, "params": {"total": 1234567, "frontend": 8901}, "step": 300, "train_wall_s": 61.6}
+
+
+def test_table_plain_and_markdown():
+    other = dict(ROW, exp="mfcc-long-name", frontend="mfcc", per=7.0, train_wall_s=None, step=None)
+    head = ["experiment", "front end", "split", "PER %", "sub", "del", "ins", "ref phones",
+            "params (front end)", "ckpt step", "train wall s"]
+    cells = [["kal", "kaleidoscope", "test", "21.46", "10", "5", "2", "80", "1,234,567 (8,901)", "300", "62"],
+             ["mfcc-long-name", "mfcc", "test", "7.00", "10", "5", "2", "80", "1,234,567 (8,901)", "None", "-"]]
+    md = E.table([ROW, other], markdown=True).splitlines()
+    assert md[0] == "| " + " | ".join(head) + " |" and md[1] == "|" + "---|" * 11
+    assert md[2:] == ["| " + " | ".join(c) + " |" for c in cells]
+    plain = E.table([ROW, other]).splitlines()
+    widths = [max(len(h), len(cells[0][i]), len(cells[1][i])) for i, h in enumerate(head)]
+    want = ["  ".join(v.ljust(w) for v, w in zip(line, widths)) for line in [head] + cells]
+    assert plain == want
+    assert E.table([]) == "  ".join(head)  # no rows: the header alone
