@@ -88,6 +88,11 @@ def validate_config(cfg: dict) -> None:
             raise ValueError(f"{k} must be null or a positive integer, got {cfg[k]!r}")
     if not (isinstance(cfg["lr"], (int, float)) and cfg["lr"] > 0):
         raise ValueError(f"lr must be > 0, got {cfg['lr']!r}")
+    if cfg["frontend_lr"] is not None and not (isinstance(cfg["frontend_lr"], (int, float)) and cfg["frontend_lr"] > 0):
+        raise ValueError(f"frontend_lr must be null or > 0, got {cfg['frontend_lr']!r}")
+    for k in ("weight_decay", "frontend_weight_decay"):
+        if not (isinstance(cfg[k], (int, float)) and cfg[k] >= 0):
+            raise ValueError(f"{k} must be >= 0, got {cfg[k]!r}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,10 +273,15 @@ def _optimizer(model: Recognizer, cfg: dict):
                "name": "recognizer"}]
     if model.learnable_frontend:
         fe_lr = cfg["frontend_lr"] if cfg["frontend_lr"] is not None else cfg["lr"]
-        groups += model.frontend.param_groups(lr=fe_lr)
+        # K-matrix stages learn an offset from their exact start (kfrontend TwiddleOffset): decay on
+        # it pulls toward MFSC.  A dense front end's weights are not offsets: no decay there.
+        fe_wd = cfg["frontend_weight_decay"] if getattr(model.frontend, "step_scale", None) else 0.0
+        groups += [dict(g, weight_decay=fe_wd) for g in model.frontend.param_groups(lr=fe_lr)]
+    groups[0]["weight_decay"] = cfg["weight_decay"]
     for g in groups:
         g["base_lr"] = g["lr"]
-    return torch.optim.Adam(groups, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    # AdamW: decoupled decay (per group), the same as Adam where it is 0 (the configs' default).
+    return torch.optim.AdamW(groups, lr=cfg["lr"])
 
 
 def _clip(params, max_norm: float) -> float | None:
