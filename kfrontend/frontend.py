@@ -664,18 +664,47 @@ class KaleidoscopeFrontend(_FrontendBase):
         return {s: any(p.requires_grad for p in ps) for s, ps in self.stage_parameters().items() if ps}
 
     def param_groups(self, lr: float = 1e-3, lr_window: float | None = None, lr_dft: float | None = None,
-                     lr_mel: float | None = None, lr_dct: float | None = None) -> list[dict]:
+                     lr_mel: float | None = None, lr_dct: float | None = None,
+                     weight_decay: float | None = None) -> list[dict]:
         """Optimizer parameter groups, one per stage that is trainable now, each with its own
-        learning rate (``None``: ``lr``).  Front-end filters barely move at a recognizer's rate, so
-        give them their own, typically larger, one.  Build the optimizer before freezing stages
-        with ``set_trainable(False)`` (frozen parameters get no gradient and are skipped)."""
+        learning rate (``None``: ``lr``).  Build the optimizer before freezing stages with
+        ``set_trainable(False)`` (frozen parameters get no gradient and are skipped).
+
+        ``weight_decay`` (for AdamW's decoupled decay): applied to the K-matrix stages' offsets
+        from their exact start (``TwiddleOffset``), i.e. a pull toward the exact transform; never
+        to the window, dense weights or plain twiddles (decay would pull those toward zero, away
+        from the transform: :meth:`no_weight_decay_parameters`).  ``None`` leaves the optimizer's
+        own setting."""
         lrs = {"window": lr_window, "dft": lr_dft, "mel": lr_mel, "dct": lr_dct}
+        keep = {id(self.get_parameter(n)) for n in self.no_weight_decay_parameters()}
         groups = []
         for s, ps in self.stage_parameters().items():
             ps = [p for p in ps if p.requires_grad]
-            if ps:
-                groups.append({"params": ps, "lr": lr if lrs[s] is None else lrs[s], "name": f"frontend.{s}"})
+            for decays in (True, False):
+                sel = [p for p in ps if (id(p) not in keep) == decays]
+                if not sel:
+                    continue
+                g = {"params": sel, "lr": lr if lrs[s] is None else lrs[s], "name": f"frontend.{s}"}
+                if weight_decay is not None:
+                    g["weight_decay"] = float(weight_decay) if decays else 0.0
+                groups.append(g)
         return groups
+
+    def no_weight_decay_parameters(self) -> set[str]:
+        """Parameters that weight decay must not touch: the window, dense stage weights and plain
+        twiddles (``step_scale=None``) -- decay pulls them toward zero, away from the transform.
+        The offsets of ``TwiddleOffset`` are not listed: decaying them pulls toward the exact
+        start.  ``kfrontend.layers.param_groups_for_weight_decay`` reads this."""
+        names = {"window"}
+        for s in ("dft", "mel", "dct"):
+            st = getattr(self, s)
+            if st is None:
+                continue
+            if st.k is None:
+                names.add(f"{s}.weight")
+            elif "twiddle" not in getattr(st.k, "parametrizations", {}):
+                names.add(f"{s}.k.twiddle")
+        return names
 
     def parameter_counts(self) -> dict[str, int]:
         """Real parameters per stage (complex counts 2)."""

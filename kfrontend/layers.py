@@ -155,7 +155,11 @@ class Butterfly(nn.Module):
     def no_weight_decay_parameters(self) -> set[str]:
         """Names of this module's parameters to keep out of weight decay: the structured ones
         (decaying twiddles shrinks every factor of a product towards zero, not the map towards a
-        small one).  :func:`param_groups_for_weight_decay` reads this."""
+        small one).  :func:`param_groups_for_weight_decay` reads this.  A twiddle learned as an
+        offset from its initial value (the front end's ``TwiddleOffset`` parametrization) is left to
+        decay: that pulls the map toward its start, not toward zero."""
+        if "twiddle" in getattr(self, "parametrizations", {}):
+            return set()
         return {"twiddle"}
 
     @property

@@ -88,3 +88,22 @@ def test_weight_decay_pulls_toward_the_exact_start():
 def test_bad_step_scale_is_refused(bad):
     with pytest.raises(ValueError, match="step_scale"):
         TwiddleOffset(torch.ones(1, 1, 1, 1, 2, 2), bad)
+
+
+def test_weight_decay_reaches_offsets_only():
+    """param_groups(weight_decay=...) and layers.param_groups_for_weight_decay agree: the offsets
+    decay (toward the exact start); the window, dense weights and plain twiddles never do."""
+    from kfrontend.layers import param_groups_for_weight_decay
+
+    fe = KF.from_mfcc(n_mfcc=13, melkwargs=dict(n_fft=256, **MEL))
+    wd = {g["name"]: g["weight_decay"] for g in fe.param_groups(lr=1e-3, weight_decay=0.5)}
+    assert wd == {"frontend.window": 0.0, "frontend.dft": 0.5, "frontend.mel": 0.5, "frontend.dct": 0.5}
+    decay, no_decay = param_groups_for_weight_decay(fe, 0.5)
+    assert {id(p) for p in no_decay["params"]} == {id(fe.window)}
+    assert {id(p) for p in decay["params"]} == {id(fe.dft.param), id(fe.mel.param), id(fe.dct.param)}
+    for kw in ({"structure": "dense"}, {"step_scale": None}):
+        other = KF.from_melspectrogram(n_fft=256, **MEL, **kw)
+        assert all(g["weight_decay"] == 0.0 for g in other.param_groups(weight_decay=0.5))
+        decay, no_decay = param_groups_for_weight_decay(other, 0.5)
+        assert decay["params"] == [] and len(no_decay["params"]) == 3
+    assert all("weight_decay" not in g for g in fe.param_groups())  # None: the optimizer's own

@@ -274,9 +274,9 @@ def _optimizer(model: Recognizer, cfg: dict):
     if model.learnable_frontend:
         fe_lr = cfg["frontend_lr"] if cfg["frontend_lr"] is not None else cfg["lr"]
         # K-matrix stages learn an offset from their exact start (kfrontend TwiddleOffset): decay on
-        # it pulls toward MFSC.  A dense front end's weights are not offsets: no decay there.
-        fe_wd = cfg["frontend_weight_decay"] if getattr(model.frontend, "step_scale", None) else 0.0
-        groups += [dict(g, weight_decay=fe_wd) for g in model.frontend.param_groups(lr=fe_lr)]
+        # it pulls toward MFSC.
+        # Only the offsets decay; the window, dense weights and plain twiddles never do.
+        groups += model.frontend.param_groups(lr=fe_lr, weight_decay=cfg["frontend_weight_decay"])
     groups[0]["weight_decay"] = cfg["weight_decay"]
     for g in groups:
         g["base_lr"] = g["lr"]
