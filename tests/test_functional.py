@@ -122,3 +122,58 @@ def test_kmatrix_pads_truncates_and_stacks():
     xp = torch.nn.functional.pad(x, (0, 2))
     ref = torch.cat([butterfly_multiply_reference(xp, tw[k]) for k in range(2)], -1)[:, :13]
     torch.testing.assert_close(y, ref)
+
+
+def test_power_of_two_helpers_against_their_definition():
+    """is_power_of_two(n): n == 2**k for some k >= 0 (1 included); next_power_of_two(n): the least
+    such 2**k >= n; both against a table of powers built here."""
+    from kfrontend.functional import is_power_of_two, next_power_of_two
+
+    powers = [2**k for k in range(13)]
+    for n in range(0, 2100):
+        assert is_power_of_two(n) == (n in powers), n
+        if n >= 1:
+            assert next_power_of_two(n) == min(p for p in powers if p >= n), n
+    with pytest.raises(ValueError, match=r"^size must be >= 1, got 0$"):
+        next_power_of_two(0)
+
+
+def test_argument_checks_exact_messages_and_edges():
+    tw = torch.randn(1, 3, 4, 2, 2)
+    assert butterfly_multiply(torch.ones(8), tw, backend="torch").shape == (8,)  # one dimension is enough
+    with pytest.raises(ValueError, match=r"^x must have at least one dimension \(\.\.\., N\)$"):
+        butterfly_multiply(torch.tensor(1.0), tw)
+    with pytest.raises(TypeError, match=r"^x must be a torch\.Tensor, got list$"):
+        butterfly_multiply([1.0] * 8, tw)
+    with pytest.raises(TypeError, match=r"^twiddle must be a torch\.Tensor, got list$"):
+        butterfly_multiply(torch.ones(8), [1.0])
+    with pytest.raises(ValueError, match=r"^twiddle must have shape .* got \(0, 3, 4, 2, 2\)$"):
+        butterfly_multiply(torch.ones(8), torch.zeros(0, 3, 4, 2, 2))  # no block at all
+    with pytest.raises(ValueError, match=r"^x is on meta but twiddle is on cpu$"):
+        butterfly_multiply(torch.empty(2, 8, device="meta"), tw)
+
+
+@pytest.mark.parametrize("xd,twd,out", [
+    (torch.float64, torch.float32, torch.float64),      # the wider of the two, either way round
+    (torch.float32, torch.float64, torch.float64),
+    (torch.float32, torch.complex64, torch.complex64),
+    (torch.float64, torch.complex64, torch.complex128),
+    (torch.bfloat16, torch.float32, torch.bfloat16),    # half precision in, fp32 arithmetic, half out
+    (torch.float16, torch.float64, torch.float16),
+    (torch.bfloat16, torch.complex64, torch.complex64),  # complex output: no complex bf16
+])
+def test_dtype_rules(xd, twd, out):
+    """Output dtype, and values equal to the float64 / complex128 dense product of the same
+    (rounded) inputs to the output dtype's precision: a float64 side is never computed in float32."""
+    g = torch.Generator().manual_seed(3)
+    tw = torch.randn(2, 3, 4, 2, 2, dtype=torch.complex128 if twd.is_complex else torch.float64, generator=g).to(twd)
+    x = torch.randn(5, 8, dtype=torch.float64, generator=g).to(xd)
+    y = butterfly_multiply(x, tw, backend="torch")
+    assert y.dtype == out
+    ref = x.to(torch.complex128).numpy() @ dense_product(tw.to(torch.complex128).numpy(), True).T
+    if not out.is_complex:
+        ref = ref.real
+    tol = {torch.float64: 1e-12, torch.complex128: 1e-12, torch.float32: 1e-5, torch.complex64: 1e-5,
+           torch.bfloat16: 2**-7, torch.float16: 2**-9}[out]
+    got = y.to(torch.complex128 if out.is_complex else torch.float64).numpy()
+    np.testing.assert_allclose(got, ref, rtol=0, atol=tol * np.abs(ref).max())
