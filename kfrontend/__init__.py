@@ -30,8 +30,10 @@ if not _os.path.isdir(_os.path.join(_os.path.dirname(_os.path.abspath(__file__))
 
 
 from kfrontend.functional import butterfly_multiply, kmatrix_multiply  # noqa: E402
-from kfrontend.layers import Butterfly, Kaleidoscope  # noqa: E402
-from kfrontend.frontend import KaleidoscopeFrontend  # noqa: E402
+from kfrontend.layers import Butterfly, ButterflyUnitary, Kaleidoscope  # noqa: E402
+from kfrontend.frontend import FixedFrontend, KaleidoscopeFrontend  # noqa: E402
+from kfrontend.shuffle import ChannelShuffle  # noqa: E402
 
-__all__ = ["butterfly_multiply", "kmatrix_multiply", "Butterfly", "Kaleidoscope", "KaleidoscopeFrontend"]
+__all__ = ["butterfly_multiply", "kmatrix_multiply", "Butterfly", "ButterflyUnitary", "Kaleidoscope",
+           "KaleidoscopeFrontend", "FixedFrontend", "ChannelShuffle"]
 __version__ = "0.1.0"
