@@ -9,6 +9,7 @@ whole suite; docs/TESTING.md has the score.
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -55,6 +56,12 @@ STFT_CASES = [  # n_fft, hop, win_length, center, pad_mode, pad
     (64, 24, 64, True, "circular", 0),
     (63, 16, 30, False, "reflect", 0),    # odd n_fft, no centring
     (64, 16, 51, False, "reflect", 5),
+    (64, 16, 63, True, "reflect", 0),     # window offset 0, one zero after it
+    (64, 16, 50, True, "replicate", 0),   # replicate of the signal's own edge samples
+    (64, 16, 48, True, "reflect", 5),     # reflection of the zero-padded signal
+    (64, 16, 48, True, "circular", 1),
+    (2, 1, 2, True, "reflect", 0),        # n_fft 2: centring pads one sample
+    (3, 2, 2, True, "constant", 0),
 ]
 
 
@@ -74,6 +81,7 @@ def test_stft_frames_are_torch_stft_frames(n_fft, hop, win, center, pad_mode, pa
     kw = dict(n_fft=n_fft, hop_length=hop, win_length=win, center=center, pad_mode=pad_mode, pad=pad)
     whole = Fe.stft_frames(x, **kw)
     per_item = Fe.stft_frames(batch, lengths=lengths, **kw)
+    assert per_item.shape == whole.shape  # the batch's frame count; each item's tail is padding
     for i, n in enumerate(lengths.tolist()):
         ref = _stft_frames_ref(x[i, :n], n_fft, hop, win, center, pad_mode, pad)
         outside = torch.cat((ref[..., :off], ref[..., off + win:]), -1)
@@ -81,6 +89,8 @@ def test_stft_frames_are_torch_stft_frames(n_fft, hop, win, center, pad_mode, pa
         frames = Fe.stft_num_frames(n, n_fft, hop, center, pad)
         assert frames == ref.shape[-2]
         assert int(Fe.stft_num_frames(torch.tensor(n), n_fft, hop, center, pad)) == frames
+        if pad == 0:
+            assert Fe.stft_num_frames(n, n_fft, hop, center) == frames  # pad defaults to 0
         _close(per_item[i, :frames], ref[..., off: off + win])
         if n == 700:
             _close(whole[i], ref[..., off: off + win])
@@ -91,6 +101,7 @@ def test_stft_frames_keep_leading_dims():
     x = _signal(2, 3, 500)
     kw = dict(n_fft=64, hop_length=16, win_length=40)
     y = Fe.stft_frames(x, **kw)
+    _close(y, Fe.stft_frames(x, center=True, pad_mode="reflect", pad=0, **kw))  # the defaults
     _close(y[1, 2], Fe.stft_frames(x[1, 2], **kw))
     _close(Fe.stft_frames(x, lengths=torch.full((2, 3), 500), **kw), y)
 
@@ -110,10 +121,20 @@ def test_stft_length_limits_match_torch(center, pad_mode, pad, ok, bad):
     Fe.stft_frames(_signal(ok), **kw)
     Fe.stft_frames(_signal(2, 100), lengths=torch.tensor([100, ok]), **kw)
     if bad is not None:
-        with pytest.raises(ValueError, match="too short"):
+        padded = f" (+ 2 * pad {pad})" if pad else ""
+        need = "more than n_fft // 2 = 32" if center else "at least n_fft = 64"
+        mode = " with pad_mode='reflect'" if center else ""
+        msg = f"is too short for center={center}{mode}: {bad} samples{padded}, need {need}"
+        with pytest.raises(ValueError, match="^" + re.escape("waveform " + msg) + "$"):
             Fe.stft_frames(_signal(bad), **kw)
-        with pytest.raises(ValueError, match="too short"):
-            Fe.stft_frames(_signal(2, 100), lengths=torch.tensor([100, bad]), **kw)
+        with pytest.raises(ValueError, match="^" + re.escape("sig " + msg) + "$"):
+            Fe.stft_frames(_signal(2, 100), lengths=torch.tensor([100, bad]), name="sig", **kw)
+
+
+def test_unknown_pad_mode_is_named():
+    with pytest.raises(ValueError, match="^unknown padding mode 'mirror'$"):
+        Fe.stft_frames(_signal(2, 100), n_fft=8, hop_length=4, win_length=8, pad_mode="mirror",
+                       lengths=torch.tensor([100, 90]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -130,6 +151,10 @@ def test_kaldi_frames_are_torchaudio_kaldi_frames(size, shift, snip):
         batch[i, n:] = 1e6
     whole = Fe.kaldi_frames(x, window_size=size, window_shift=shift, snip_edges=snip)
     per_item = Fe.kaldi_frames(batch, window_size=size, window_shift=shift, snip_edges=snip, lengths=lengths)
+    assert per_item.shape == whole.shape  # the batch's frame count; each item's tail is padding
+    for xs in (x[0], x.reshape(3, 1, 300)):  # one signal, and two leading dims
+        _close(Fe.kaldi_frames(xs, window_size=size, window_shift=shift, snip_edges=snip),
+               whole[0] if xs.dim() == 1 else whole.unsqueeze(1))
     for i, n in enumerate(lengths.tolist()):
         ref = kaldi._get_strided(x[i, :n], size, shift, snip)
         frames = Fe.kaldi_num_frames(n, size, shift, snip)
@@ -146,6 +171,9 @@ def test_kaldi_frame_counts_and_short_input():
         for snip in (True, False):
             want = kaldi._get_strided(_signal(n), 25, 10, snip).shape[0]
             assert Fe.kaldi_num_frames(n, 25, 10, snip) == want, (n, snip)
+            count = Fe.kaldi_num_frames(torch.tensor([n]), 25, 10, snip)
+            assert count.dtype == torch.long and count.tolist() == [want], (n, snip)
+    assert Fe.kaldi_num_frames(10, 25, 10, True) == 0  # far below one window: still none
     # snip_edges with fewer samples than the window: no frame (torchaudio returns an empty tensor
     # for 0 < n < window in _get_strided; the front end refuses such input before counting)
     assert Fe.kaldi_num_frames(24, 25, 10, True) == 0
@@ -162,7 +190,9 @@ def test_kaldi_frame_counts_and_short_input():
 @pytest.mark.parametrize("size", [2, 25, 400])
 def test_kaldi_window_equals_torchaudio(kind, size):
     ref = kaldi._feature_window_function(kind, size, 0.42, torch.device("cpu"), D)
-    _close(Fe.kaldi_window(kind, size, 0.42), ref)
+    _close(Fe.kaldi_window(kind, size), ref)  # blackman_coeff defaults to Kaldi's 0.42
+    w32 = Fe.kaldi_window(kind, size, dtype=torch.float32)
+    assert Fe.kaldi_window(kind, size).dtype == D and w32.dtype == torch.float32
     if kind == "blackman":
         _close(Fe.kaldi_window(kind, size, 0.3),
                kaldi._feature_window_function(kind, size, 0.3, torch.device("cpu"), D))
@@ -170,31 +200,33 @@ def test_kaldi_window_equals_torchaudio(kind, size):
         Fe.kaldi_window("hann", size)
 
 
-@pytest.mark.parametrize("dc,a", [(False, 0.0), (True, 0.0), (False, 0.97), (True, 0.97), (True, 0.5)])
+@pytest.mark.parametrize("dc,a", [(False, 0.0), (True, 0.0), (False, 0.97), (True, 0.97), (True, 0.5), (False, 1.0)])
 def test_kaldi_preprocess_and_fold(dc, a):
     """Preprocessing written out from Kaldi's definition (DC removal, then y_0 = x_0 - a x_0,
-    y_i = x_i - a x_{i-1}); folding it into a weight gives the same product."""
-    f = _signal(7, 25)
+    y_i = x_i - a x_{i-1}) on (2, 7, 25) frames; folding it into a weight gives the same product
+    (windows of 25, 2 and 1 samples)."""
+    f = _signal(2, 7, 25)
     ref = f - f.mean(-1, keepdim=True) if dc else f.clone()
-    prev = torch.cat((ref[:, :1], ref[:, :-1]), -1)
+    prev = torch.cat((ref[..., :1], ref[..., :-1]), -1)
     ref = ref - a * prev
     got = Fe.kaldi_preprocess(f, dc, a)
     _close(got, ref)
     w = _signal(25, 9, seed=1)
     _close(f @ Fe.kaldi_fold(w, dc, a), ref @ w)
-    w1, f1 = _signal(1, 3, seed=2), _signal(4, 1, seed=3)  # a one-sample window
-    _close(f1 @ Fe.kaldi_fold(w1, dc, a), Fe.kaldi_preprocess(f1, dc, a) @ w1)
+    for size in (2, 1):
+        ws, fs = _signal(size, 3, seed=2), _signal(4, size, seed=3)
+        _close(fs @ Fe.kaldi_fold(ws, dc, a), Fe.kaldi_preprocess(fs, dc, a) @ ws)
 
 
 def test_frame_log_energy_equals_torchaudio():
-    frames = _signal(6, 25)
-    frames[0] = 0.0            # zero energy: log(float32 eps)
-    frames[1] *= 1e-3          # below the floor of 1.0
+    frames = _signal(2, 6, 25)
+    frames[0, 0] = 0.0            # zero energy: log(float32 eps)
+    frames[0, 1] *= 1e-3          # below the floor of 1.0
     eps = kaldi._get_epsilon(torch.device("cpu"), D)
     for floor in (0.0, 1.0, 0.5):
-        ref = kaldi._get_log_energy(frames, eps, floor)
+        ref = kaldi._get_log_energy(frames.reshape(12, 25), eps, floor).reshape(2, 6)  # torchaudio's is 2-d
         _close(Fe.frame_log_energy(frames, floor), ref)
-    assert Fe.frame_log_energy(frames, 0.0)[0].item() == pytest.approx(math.log(Fe.FLOAT32_EPS), rel=1e-15)
+    assert Fe.frame_log_energy(frames, 0.0)[0, 0].item() == pytest.approx(math.log(Fe.FLOAT32_EPS), rel=1e-15)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -252,11 +284,13 @@ def test_safe_log():
     assert Fe.safe_log(x, 0.0)[0].item() == pytest.approx(math.log(Fe.FLOAT32_EPS), rel=1e-15)
     assert Fe.safe_log(x, 0.0, floor=1e-3)[1].item() == pytest.approx(math.log(1e-3), rel=1e-15)
     assert Fe.safe_log(x, 0.0)[2].item() == 0.0
+    assert torch.equal(Fe.safe_log(x[:4]), Fe.safe_log(x[:4], 0.0, Fe.FLOAT32_EPS))  # Kaldi's defaults
+    assert Fe.safe_log(x, 1.0)[2].item() == pytest.approx(math.log(2.0), rel=1e-15)
 
 
 @pytest.mark.parametrize("shape", [(40, 30), (3, 40, 30), (2, 3, 40, 30), (2, 2, 3, 40, 30)])
 @pytest.mark.parametrize("top_db", [None, 80.0, 20.0])
-@pytest.mark.parametrize("db_multiplier", [0.0, 0.7])
+@pytest.mark.parametrize("db_multiplier", [0.0, 0.7, 1.0])
 def test_amplitude_to_db_equals_torchaudio(shape, top_db, db_multiplier):
     """Same (..., freq, time) semantics, the top_db clamp's grouping included: items differ by
     orders of magnitude so where the maximum is taken matters."""
@@ -267,6 +301,7 @@ def test_amplitude_to_db_equals_torchaudio(shape, top_db, db_multiplier):
     for mult, amin in ((10.0, 1e-10), (20.0, 1e-5)):
         ref = taF.amplitude_to_DB(x, mult, amin, db_multiplier, top_db)
         _close(Fe.amplitude_to_db(x, mult, amin, db_multiplier, top_db), ref)
+    _close(Fe.amplitude_to_db(x), taF.amplitude_to_DB(x, 10.0, 1e-10, 0.0, None))  # the defaults
 
 
 def test_frame_mask():
@@ -275,6 +310,47 @@ def test_frame_mask():
     ref = torch.arange(5)[None, None] < n[..., None]
     assert m.dtype == torch.bool and torch.equal(m, ref)
     assert m.sum().item() == 9
+
+
+def test_index_tensors_follow_the_input_device():
+    """Index tensors are made on the input's device (the meta device stands in for a GPU here:
+    an index made on the CPU would not combine with it)."""
+    meta = torch.empty(2, 300, device="meta")
+    assert Fe.frame_mask(torch.tensor([1, 2], device="meta"), 5).device.type == "meta"
+    y = Fe.kaldi_frames(meta, window_size=25, window_shift=10, snip_edges=False)
+    assert y.device.type == "meta" and y.shape == (2, Fe.kaldi_num_frames(300, 25, 10, False), 25)
+
+
+def test_frames_matmul_method_choice(monkeypatch):
+    """auto: the strided conv on the CPU, unfold + matmul elsewhere (cuBLAS and the TF32 setting
+    on CUDA; the meta device stands in for it); an explicit method is obeyed."""
+    calls = []
+    conv = F.conv1d
+    monkeypatch.setattr(Fe.F, "conv1d", lambda *a, **k: calls.append("conv") or conv(*a, **k))
+    xp, w = _signal(2, 300), _signal(40, 7, seed=1)
+    for method, device, want in (("auto", "cpu", ["conv"]), ("conv", "cpu", ["conv"]), ("unfold", "cpu", []),
+                                 ("auto", "meta", []), ("conv", "meta", ["conv"])):
+        calls.clear()
+        y = Fe.frames_matmul(xp.to(device), w.to(device), 16, method)
+        assert calls == want, (method, device)
+        assert y.shape == (2, 17, 7)
+    calls.clear()
+    Fe.frames_matmul(xp, w, 16)  # the default is auto
+    assert calls == ["conv"]
+
+
+def test_transposed_layout_predicate():
+    """The strided conv's output layout: a (..., T, F) view of a contiguous (..., F, T) tensor,
+    three or more dims.  Both layouts give the same numbers (test_matmul_last_both_layouts); this
+    decides which of the two code paths runs."""
+    base3, base4 = torch.zeros(2, 5, 7), torch.zeros(3, 2, 5, 7)
+    assert Fe._is_transposed_contiguous(base3.transpose(-1, -2))
+    assert Fe._is_transposed_contiguous(base4.transpose(-1, -2))
+    assert not Fe._is_transposed_contiguous(base3)                        # contiguous
+    assert not Fe._is_transposed_contiguous(torch.zeros(5, 7).t())        # 2-d: not the conv's output
+    assert not Fe._is_transposed_contiguous(base3[:, :, ::2])            # strided another way
+    assert not Fe._is_transposed_contiguous(base3.transpose(0, 1))       # batch dims swapped
+    assert not Fe._is_transposed_contiguous(base4.transpose(-1, -3).transpose(-2, -3))
 
 
 # ------------------------------------------------------------------------------------------------
