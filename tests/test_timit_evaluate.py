@@ -66,3 +66,35 @@ def test_table_plain_and_markdown():
     want = ["  ".join(v.ljust(w) for v, w in zip(line, widths)) for line in [head] + cells]
     assert plain == want
     assert E.table([]) == "  ".join(head)  # no rows: the header alone
+
+
+def test_decode_rows_skips_infeasible_utterances_and_restores_the_mode(tmp_path):
+    """An utterance CTC cannot align (fewer frames than labels: infinite loss) is left out of the
+    mean loss, not averaged in as inf; all infeasible gives NaN; the model's train/eval mode is
+    restored; small batches give the same hypotheses as one batch (sorted by length, written back
+    in manifest order)."""
+    import math
+
+    import numpy as np
+    from test_mutation_regressions import ROWS, _ctc_nll, _manifest, _paths, _StubModel
+
+    from recipes.timit.data import encode
+
+    rows = _manifest(tmp_path)
+    paths = _paths()
+    short = dict(rows[0], utt="C", num_samples=2800)  # 3 frames for 8 labels
+    import soundfile as sf
+    sf.write(str(tmp_path / "C.wav"), np.zeros(2800, dtype=np.int16), 16000, subtype="PCM_16")
+    short["audio"] = str(tmp_path / "C.wav")
+    paths[2800] = [1, 2, 3]
+    model = _StubModel(paths).train()
+    decoded, loss = E.decode_rows(model, [rows[1], short, rows[0]], torch.device("cpu"), batch_size=1)
+    assert model.training  # put back as it was
+    assert [d["utt"] for d in decoded] == ["B", "C", "A"]
+    want = np.mean([_ctc_nll(model.lp[r["samples"]].double().numpy(), encode(r["phones48"].split()))
+                    / len(r["phones48"].split()) for r in ROWS])
+    assert loss == pytest.approx(want, rel=1e-4)
+    _, loss = E.decode_rows(model.eval(), [short], torch.device("cpu"))
+    assert math.isnan(loss) and not model.training
+    together, _ = E.decode_rows(model, rows, torch.device("cpu"), batch_size=16)
+    assert [d["hyp48"] for d in together] == [d["hyp48"] for d in decoded[::2][::-1]]
