@@ -88,10 +88,12 @@ def _demo(a):
         prepare(corpus, data, skip_bad=a.skip_bad)
     rows = []
     for fe in a.frontends.split(","):
+        # The config's defaults are the recipe's fine-tuning defaults; the flags override them.
         over = {"frontend": fe, "max_steps": a.max_steps}
         if fe not in ("mfsc", "mfcc"):
-            over["frontend_lr"] = a.frontend_lr
-            if fe in ("kaleidoscope", "kaleidoscope_mfcc"):  # initialised as MFSC / MFCC: freeze, then fine-tune
+            if a.frontend_lr is not None:
+                over["frontend_lr"] = a.frontend_lr
+            if a.freeze_epochs is not None:
                 over["frontend_freeze_epochs"] = a.freeze_epochs
         cfg = load_config(a.config, over)
         rows.append(run_one(data, work / "exp" / fe, cfg))  # train (or resume), evaluate dev and test
@@ -207,9 +209,10 @@ def main(argv=None):
     s.add_argument("--frontends", default="mfsc,kaleidoscope",
                    help="comma-separated front ends to train and compare")
     s.add_argument("--max-steps", type=int, default=300)
-    s.add_argument("--frontend-lr", type=float, default=1e-3)
-    s.add_argument("--freeze-epochs", type=int, default=2,
-                   help="epochs with the exact-init front ends frozen before fine-tuning")
+    s.add_argument("--frontend-lr", type=float, default=None, help="default: the config's frontend_lr")
+    s.add_argument("--freeze-epochs", type=int, default=None,
+                   help="epochs with the learnable front ends frozen before fine-tuning "
+                        "(default: the config's frontend_freeze_epochs)")
     s.add_argument("--skip-bad", action="store_true")
     _degradation_args(s)
     s.set_defaults(fn=_demo)

@@ -294,7 +294,10 @@ def _clip(params, max_norm: float) -> float | None:
 
 
 def _frontend_frozen(cfg: dict, epoch: int) -> bool:
-    return cfg["frontend"] in LEARNABLE and epoch < cfg["frontend_freeze_epochs"]
+    # Freezing lets the recognizer first learn on the exact MFSC / MFCC features; a randomly
+    # initialised front end has no such start to keep, so it trains from the first step.
+    return cfg["frontend"] in LEARNABLE and cfg["frontend"] != "kaleidoscope_random" \
+        and epoch < cfg["frontend_freeze_epochs"]
 
 
 def train(data, exp, cfg: dict, *, progress: bool = True) -> dict:
