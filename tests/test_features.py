@@ -60,6 +60,7 @@ STFT_CASES = [  # n_fft, hop, win_length, center, pad_mode, pad
     (64, 16, 50, True, "replicate", 0),   # replicate of the signal's own edge samples
     (64, 16, 48, True, "reflect", 5),     # reflection of the zero-padded signal
     (64, 16, 48, True, "circular", 1),
+    (64, 16, 48, True, "reflect", 20),    # pad longer than the hop
     (2, 1, 2, True, "reflect", 0),        # n_fft 2: centring pads one sample
     (3, 2, 2, True, "constant", 0),
 ]
@@ -180,10 +181,11 @@ def test_kaldi_frame_counts_and_short_input():
     assert int(Fe.kaldi_num_frames(torch.tensor(24), 25, 10, True)) == 0
     assert kaldi._get_strided(_signal(24), 25, 10, True).shape[0] == 0
     assert Fe.kaldi_frames(_signal(25), window_size=25, window_shift=10).shape == (1, 25)
-    with pytest.raises(ValueError, match="too short: 24 samples"):
+    msg = "is too short: 24 samples, Kaldi framing needs at least the window size 25 (frame_length x sample_frequency)"
+    with pytest.raises(ValueError, match="^" + re.escape("waveform " + msg) + "$"):
         Fe.kaldi_frames(_signal(24), window_size=25, window_shift=10)
-    with pytest.raises(ValueError, match="too short: 24 samples"):
-        Fe.kaldi_frames(_signal(2, 30), window_size=25, window_shift=10, lengths=torch.tensor([30, 24]))
+    with pytest.raises(ValueError, match="^" + re.escape("x " + msg) + "$"):
+        Fe.kaldi_frames(_signal(2, 30), window_size=25, window_shift=10, lengths=torch.tensor([30, 24]), name="x")
 
 
 @pytest.mark.parametrize("kind", Fe.KALDI_WINDOWS)
@@ -334,9 +336,10 @@ def test_frames_matmul_method_choice(monkeypatch):
         y = Fe.frames_matmul(xp.to(device), w.to(device), 16, method)
         assert calls == want, (method, device)
         assert y.shape == (2, 17, 7)
-    calls.clear()
-    Fe.frames_matmul(xp, w, 16)  # the default is auto
-    assert calls == ["conv"]
+    for device, want in (("cpu", ["conv"]), ("meta", [])):  # the default is auto
+        calls.clear()
+        Fe.frames_matmul(xp.to(device), w.to(device), 16)
+        assert calls == want, device
 
 
 def test_transposed_layout_predicate():
@@ -385,3 +388,14 @@ def test_check_lengths_bounds_and_types():
         with pytest.raises(TypeError, match="integer tensor"):
             Fe.check_lengths(torch.ones(2, 3, dtype=dtype), x)
     assert Fe.check_lengths(torch.zeros(0, dtype=torch.long), torch.zeros(0, 5)).shape == (0,)
+
+
+@pytest.mark.cuda
+def test_per_item_framing_on_cuda():
+    """Lengths given on the CPU for a CUDA batch are moved to it, and the per-item index maps are
+    built there (skipped without a GPU; on the CPU the device of an index tensor cannot show)."""
+    x = _signal(2, 700).cuda()
+    lengths = Fe.check_lengths(torch.tensor([700, 517]), x)
+    assert lengths.device == x.device
+    kw = dict(n_fft=64, hop_length=16, win_length=48)
+    _close(Fe.stft_frames(x, lengths=lengths, **kw).cpu(), Fe.stft_frames(x.cpu(), lengths=lengths.cpu(), **kw))
