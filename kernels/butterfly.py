@@ -37,6 +37,7 @@ Design (the facts behind it are in BACKGROUND.md section 3):
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -510,6 +511,17 @@ if _is_interpreted():
     _fix_interpreter_scalars()
 
 
+def _device_guard(t: torch.Tensor):
+    """Launches go to the current CUDA device: make it the tensors' own (cuda:1 tensors from a
+    cuda:0 context would otherwise be read by a kernel on the wrong device)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def max_size(kind: str, is_complex: bool) -> int:
+    """Largest N the ``kind`` ("fwd" / "bwd") kernels take: one tile row's width squared."""
+    return CONFIGS[(kind, is_complex)].T ** 2
+
+
 def _launch(kernel, grid, args, meta):
     if _LAUNCH_HOOK is not None:
         _LAUNCH_HOOK(kernel, grid, args, meta)
@@ -646,9 +658,10 @@ def butterfly_multiply_op(x: torch.Tensor, twiddle: torch.Tensor, increasing_str
     m = x.shape[0]
     if m == 0:
         return torch.empty_like(x, memory_format=torch.contiguous_format)
-    coef = _coef_from_twiddle(twiddle.detach(), increasing_stride, is_complex)
-    steps = all_steps(n, twiddle.shape[0], increasing_stride)
-    return _run_forward(_aligned(x), coef, steps, n, m, is_complex, x.dtype)
+    with _device_guard(x):
+        coef = _coef_from_twiddle(twiddle.detach(), increasing_stride, is_complex)
+        steps = all_steps(n, twiddle.shape[0], increasing_stride)
+        return _run_forward(_aligned(x), coef, steps, n, m, is_complex, x.dtype)
 
 
 @butterfly_multiply_op.register_fake
@@ -667,11 +680,12 @@ def butterfly_multiply_backward_op(
     if m == 0:
         return torch.zeros_like(x), torch.zeros_like(twiddle)
     nblocks = twiddle.shape[0]
-    coef = _coef_from_twiddle(twiddle.detach(), increasing_stride, is_complex)
-    steps = all_steps(n, nblocks, increasing_stride)
-    gx, dsteps = _run_backward(_aligned(grad.to(x.dtype)), _aligned(x), coef, steps, n, m, is_complex)
-    # Steps are in application order; their factor indices are 0..nblocks*log2N-1 in that order.
-    dtw = _twiddle_grad_from_coef(dsteps, twiddle.shape, increasing_stride, is_complex)
+    with _device_guard(x):
+        coef = _coef_from_twiddle(twiddle.detach(), increasing_stride, is_complex)
+        steps = all_steps(n, nblocks, increasing_stride)
+        gx, dsteps = _run_backward(_aligned(grad.to(x.dtype)), _aligned(x), coef, steps, n, m, is_complex)
+        # Steps are in application order; their factor indices are 0..nblocks*log2N-1 in that order.
+        dtw = _twiddle_grad_from_coef(dsteps, twiddle.shape, increasing_stride, is_complex)
     return gx, dtw
 
 
@@ -696,6 +710,22 @@ def _backward(ctx, grad):
 butterfly_multiply_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "second-order gradients through the Triton butterfly kernel are not implemented: use "
+        "backend='torch', 'blocked' or 'dense' (plain torch ops on any device) for gradient penalties, "
+        "MAML and other double backward passes")
+
+
+def _setup_nothing(ctx, inputs, output):
+    pass
+
+
+# Without this the backward op's outputs would carry no graph and a double backward would see the
+# input as unused (or, with allow_unused=True, return None): refuse it where it happens instead.
+butterfly_multiply_backward_op.register_autograd(_no_double_backward, setup_context=_setup_nothing)
+
+
 # --------------------------------------------------------------------------------------------
 # Public entry point (complex / dtype plumbing around the real-valued op)
 # --------------------------------------------------------------------------------------------
@@ -713,9 +743,21 @@ def butterfly_multiply_triton(x: torch.Tensor, twiddle: torch.Tensor, increasing
         raise ValueError(
             f"backend='triton' needs CUDA tensors (x is on {x.device}); on CPU it runs only under the "
             "Triton interpreter (TRITON_INTERPRET=1 set before kfrontend.kernels is imported)")
+    is_complex = x.is_complex() or twiddle.is_complex()
+    if (torch.is_grad_enabled() and (x.requires_grad or twiddle.requires_grad)
+            and n > max_size("bwd", is_complex)):
+        # Refused here, not at .backward(): the backward tiles are narrower than the forward's.
+        raise ValueError(
+            f"backend='triton' backward supports N up to {max_size('bwd', is_complex)} "
+            f"({'complex' if is_complex else 'real'}); got N = {n} with gradients wanted: use "
+            f"backend='dense' or 'torch', or run under torch.no_grad() (forward up to "
+            f"N = {max_size('fwd', is_complex)})")
     batch_shape = x.shape[:-1]
     out_dtype = _output_dtype(x, twiddle)
-    if x.is_complex() or twiddle.is_complex():
+    # Conjugate / negative views (x.conj(), .imag of one) are lazy bits the raw kernel would not
+    # see, and view_as_real refuses them: materialise them first.
+    x, twiddle = x.resolve_conj().resolve_neg(), twiddle.resolve_conj().resolve_neg()
+    if is_complex:
         xc = x.to(torch.complex64).reshape(-1, n)
         y = butterfly_multiply_op(torch.view_as_real(xc), torch.view_as_real(twiddle.to(torch.complex64)),
                                   increasing_stride)

@@ -26,6 +26,7 @@ __all__ = [
     "kmatrix_multiply",
     "transposed_twiddle",
     "check_butterfly_args",
+    "auto_backend",
     "stride_of",
     "is_power_of_two",
     "next_power_of_two",
@@ -158,7 +159,9 @@ def butterfly_multiply(
     backend: ``"torch"`` (stage-by-stage reference, any device), ``"blocked"`` (groups of stages
     multiplied into small dense blocks, batched matmuls: the fast CPU path), ``"dense"`` (multiply
     the product out to an N x N matrix, then one matmul), ``"triton"`` (the fused kernel; CUDA, or
-    CPU under ``TRITON_INTERPRET=1``), ``"auto"`` (Triton on CUDA, the fastest CPU path otherwise).
+    CPU under ``TRITON_INTERPRET=1``), ``"auto"`` (:func:`auto_backend`: on CUDA the product
+    multiplied out and one cuBLAS matmul until the Triton kernel is verified on a GPU; on CPU the
+    fastest path by a cost model).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -180,12 +183,28 @@ def butterfly_multiply(
     return cpu.butterfly_multiply_dense(x, twiddle, increasing_stride)
 
 
-def _auto_backend(x: torch.Tensor, twiddle: torch.Tensor) -> str:
-    if x.is_cuda:
-        from kfrontend.kernels import supports  # cheap: triton loads on the first kernel call
+def auto_backend(device_type: str, x_dtype: torch.dtype, twiddle_dtype: torch.dtype,
+                 kernel_verified: bool | None = None) -> str:
+    """What ``backend="auto"`` means for these devices and dtypes (a pure function, tested on CPU):
 
-        # The kernel computes in float32; double precision stays on the reference.
-        return "triton" if supports(x, twiddle) else "torch"
+    * CUDA: ``"triton"`` once the kernel is verified on a GPU (``kernel_verified``, default
+      ``kfrontend.kernels.CUDA_VERIFIED``) and it supports the dtypes (float32 arithmetic);
+      otherwise ``"dense"``: the product multiplied out by plain torch ops, then one cuBLAS matmul
+      (the path the front end's stages have always taken on CPU).
+    * elsewhere: ``"cpu"``, i.e. ``kfrontend.cpu``'s cost model picks torch / blocked / dense.
+    """
+    if device_type != "cuda":
+        return "cpu"
+    from kfrontend import kernels  # cheap: triton loads on the first kernel call
+
+    verified = kernels.CUDA_VERIFIED if kernel_verified is None else kernel_verified
+    return "triton" if verified and kernels.supports_dtypes(x_dtype, twiddle_dtype) else "dense"
+
+
+def _auto_backend(x: torch.Tensor, twiddle: torch.Tensor) -> str:
+    kind = auto_backend(x.device.type, x.dtype, twiddle.dtype)
+    if kind != "cpu":
+        return kind
     from kfrontend import cpu
 
     return cpu.choose_backend(x, twiddle)
@@ -234,6 +253,8 @@ def kmatrix_multiply(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if conjugate and twiddle.is_complex():
         twiddle = twiddle.conj_physical()
+    if backend == "auto" and auto_backend(x.device.type, x.dtype, twiddle.dtype) == "dense":
+        backend = "dense"  # CUDA before the kernel is verified: multiplied out, one cuBLAS matmul
     if backend in ("blocked", "dense") or (backend == "auto" and not x.is_cuda):
         # CPU paths skip the zero padding and the dropped rows, or multiply the (in x out) matrix
         # out once per call when that is cheaper (cost model in kfrontend.cpu).

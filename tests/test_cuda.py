@@ -58,10 +58,38 @@ def test_matches_reference(n, complex_):
 
 @pytest.mark.parametrize("complex_", [False, True])
 def test_public_auto_backend(complex_):
-    """butterfly_multiply(..., backend="auto") on CUDA tensors (the dispatcher picks Triton)."""
+    """butterfly_multiply(..., backend="auto") on CUDA tensors (the multiplied-out product and a
+    cuBLAS matmul until kfrontend.kernels.CUDA_VERIFIED, then the Triton kernel)."""
     for n in (16, 512, 4096):
         x, tw = make(n, 2, complex_, (3, 50), seed=n)
         check(x, tw, True, backend="auto")
+
+
+def test_auto_does_not_launch_the_unverified_kernel(monkeypatch):
+    from kfrontend import kernels
+    from kfrontend.kernels import butterfly as kb
+
+    if kernels.CUDA_VERIFIED:
+        pytest.skip("the kernel is verified: auto uses it")
+
+    def refuse(*a):
+        raise AssertionError("backend='auto' launched the Triton kernel")
+
+    monkeypatch.setattr(kb, "_LAUNCH_HOOK", refuse)
+    x, tw = make(512, 2, True, (4,), seed=3)
+    check(x, tw, True, backend="auto")
+    from kfrontend import KaleidoscopeFrontend
+
+    fe = KaleidoscopeFrontend.from_melspectrogram(n_fft=400, hop_length=160, n_mels=40).to(DEV)
+    fe(torch.randn(2, 4000, device=DEV)).sum().backward()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_kernel_runs_on_the_tensors_device():
+    """Launched from a cuda:0 context on cuda:1 tensors: the device guard sends it to cuda:1."""
+    with torch.cuda.device(0):
+        x, tw = make(256, 2, True, (8,), seed=4)
+        check(x.to("cuda:1"), tw.to("cuda:1"), True)
 
 
 def test_noncontiguous_and_unaligned():
