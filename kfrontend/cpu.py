@@ -23,15 +23,16 @@ identity of ``in`` rows) and does one matmul; for real input and complex weights
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
 
+from kfrontend._contract import in_functorch
 from kfrontend.functional import (
     _compute_dtype,
     _output_dtype,
@@ -206,27 +207,13 @@ def _sweep_doubling(tw, sweep, hh: int, ll: int, kk: int, transpose: bool) -> to
     return z.reshape(hh, ll, kk, kk)
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """Small ops run single-threaded: with other processes on the cores, a 2-thread op on a few
-    thousand elements waits for a descheduled thread (measured: building the pass matrices at
-    N = 1024 took 400-800 ms forward+backward on 2 threads, 50 ms on one)."""
-    n = torch.get_num_threads()
-    if n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 class _PassMatricesFn(torch.autograd.Function):
     """The pass matrices from the twiddles, forward and backward (by autograd on a recomputation),
     one pass per worker thread, each single-threaded; ``real_first`` stacks [Re M; Im M] for the
     first pass.  The passes are independent (their factors are disjoint), so with 2 threads the
-    build, ~99% of multiplying a front-end stage out, takes about half the time."""
+    build, ~99% of multiplying a front-end stage out, takes about half the time.  Under
+    ``create_graph=True`` (second-order gradients) the backward is the same recomputation,
+    differentiable, on the calling thread."""
 
     @staticmethod
     def forward(ctx, spec, tw):
@@ -235,24 +222,28 @@ class _PassMatricesFn(torch.autograd.Function):
         return tuple(_build_passes(tw, spec))
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, *grads):
         (tw,) = ctx.saved_tensors
+        idx = [i for i, g in enumerate(grads) if g is not None]
+        if torch.is_grad_enabled():  # create_graph: the gradient must itself be differentiable
+            outs = [_pass_matrix(tw, ctx.spec, i) for i in idx]
+            return None, torch.autograd.grad(outs, tw, [grads[i] for i in idx], create_graph=True)[0]
 
-        def grad_of(idx):
+        def grad_of(i):
             with torch.enable_grad():
                 t = tw.detach().requires_grad_()
-                return torch.autograd.grad(_pass_matrix(t, ctx.spec, idx), t, grads[idx])[0]
+                return torch.autograd.grad(_pass_matrix(t, ctx.spec, i), t, grads[i])[0]
 
-        parts = _map_chunks(grad_of, [i for i, g in enumerate(grads) if g is not None])
-        with _one_thread():
-            return None, (torch.stack(parts).sum(0) if len(parts) > 1 else parts[0])
+        parts = _map_chunks(grad_of, idx)
+        return None, (_on_worker(lambda: torch.stack(parts).sum(0)) if len(parts) > 1 else parts[0])
 
 
 def _pass_matrices(tw, n, nblocks, increasing_stride, split, in_f, out_f, real_first=False):
     """Matrices (batch, K_out, K_in) of every pass, differentiable w.r.t. tw."""
     spec = (n, nblocks, increasing_stride, split, in_f, out_f, real_first)
-    if torch._C._functorch.is_functorch_wrapped_tensor(tw):  # torch.func transforms the plain ops
+    if in_functorch() or tw.device.type != "cpu":
+        # torch.func transforms the plain ops (custom Functions have no vmap rule); on a GPU the
+        # worker threads buy nothing.
         return [_pass_matrix(tw, spec, i) for i in range(_pass_count(spec))]
     if torch.is_grad_enabled() and tw.requires_grad:
         return list(_PassMatricesFn.apply(spec, tw))
@@ -396,37 +387,57 @@ def _chunk_rows(n: int) -> int:
     return r - (r % 16) + 8
 
 
+# Worker threads run single-threaded ops, each on its own chunks: no barrier per op, so a core
+# taken by another process stalls one worker, not every op (measured 2.7x faster with other
+# processes on the 2 cores).  Each Python thread that calls in gets its own pool (sized by its own
+# torch.get_num_threads(); shut down when that thread ends), so concurrent callers never queue
+# behind each other.  torch.set_num_threads(1) runs once in each worker, for that worker; the
+# process default it also writes (what new threads start with) is put back at once by the caller,
+# once per pool.  The caller's own thread count is never changed.
 _tls = threading.local()
-_pool: ThreadPoolExecutor | None = None
-_pool_pid = 0  # a pool inherited through fork (DataLoader workers) has no threads: make a new one
 
 
-def _single_threaded(fn):
-    def call(*args):
-        # Worker threads run single-threaded ops, each on its own chunks: no barrier per op, so a
-        # core taken by another process stalls one worker, not every op (measured 2.7x faster with
-        # other processes on the 2 cores).  set_num_threads here sets this thread's OpenMP/MKL
-        # count (and the process default, which _map_chunks restores).
-        if not getattr(_tls, "single", False):
+class _Pool:
+    def __init__(self, nthreads: int):
+        self.nthreads, self.pid = nthreads, os.getpid()
+        ready = threading.Barrier(nthreads)
+
+        def init():
             torch.set_num_threads(1)
-            _tls.single = True
-        return fn(*args)
 
-    return call
+        self.executor = ThreadPoolExecutor(nthreads, thread_name_prefix="kfrontend-cpu", initializer=init)
+        # Start every worker now (the barrier needs them all), then restore the process default.
+        list(self.executor.map(lambda _: ready.wait(), range(nthreads)))
+        torch.set_num_threads(nthreads)
+        weakref.finalize(self, self.executor.shutdown, wait=False)
+
+
+def _thread_pool(nthreads: int) -> _Pool:
+    pool = getattr(_tls, "pool", None)
+    # A pool inherited through fork (DataLoader workers) has no threads: make a new one.
+    if pool is None or pool.nthreads != nthreads or pool.pid != os.getpid():
+        pool = _tls.pool = _Pool(nthreads)
+    return pool
 
 
 def _map_chunks(fn, starts):
-    global _pool, _pool_pid
     nthreads = torch.get_num_threads()
     if nthreads <= 1:
         return [fn(i) for i in starts]
-    if _pool is None or _pool._max_workers != nthreads or _pool_pid != os.getpid():
-        _pool = ThreadPoolExecutor(nthreads, thread_name_prefix="kfrontend-cpu")
-        _pool_pid = os.getpid()
-    try:
-        return list(_pool.map(_single_threaded(fn), starts))
-    finally:
-        torch.set_num_threads(nthreads)
+    return list(_thread_pool(nthreads).executor.map(fn, starts))
+
+
+def _on_worker(fn):
+    """``fn()`` (small ops, no autograd) on a single-threaded worker: with other processes on the
+    cores, a 2-thread op on a few thousand elements waits for a descheduled thread (measured:
+    building the pass matrices at N = 1024 took 400-800 ms forward+backward on 2 threads, 50 ms on
+    one).  Inline when the caller is single-threaded."""
+
+    def run(_):
+        with torch.no_grad():
+            return fn()
+
+    return _map_chunks(run, [0])[0]
 
 
 def _blocked_forward(plan: _Plan, x2: torch.Tensor, mats) -> torch.Tensor:
@@ -461,18 +472,20 @@ class _BlockedFn(torch.autograd.Function):
         return _blocked_forward(plan, x2, mats)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         plan = ctx.plan
         x2, *mats = ctx.saved_tensors
         need_x = ctx.needs_input_grad[1]
         need_m = ctx.needs_input_grad[2:]
+        if torch.is_grad_enabled():  # create_graph (second order): differentiate the plain ops
+            ins = [t for t, need in zip([x2, *mats], ctx.needs_input_grad[1:]) if need]
+            got = iter(torch.autograd.grad(_blocked_plain(plan, x2, mats), ins, grad, create_graph=True))
+            return (None, *(next(got) if need else None for need in ctx.needs_input_grad[1:]))
         rows = x2.shape[0]
         step = _chunk_rows(plan.n)
         grad_x = torch.empty_like(x2) if need_x else None
         accs: dict[int, list] = {}  # per worker thread: running sums of the matrix gradients
-        with _one_thread():
-            mats_h = [m.transpose(1, 2).conj().contiguous() for m in mats]  # M^H, resolved once
+        mats_h = _on_worker(lambda: [m.transpose(1, 2).conj().contiguous() for m in mats])  # M^H, once
 
         def chunk(i):
             acc = accs.get(threading.get_ident())
@@ -483,13 +496,22 @@ class _BlockedFn(torch.autograd.Function):
                 _chunk_backward(plan, x2[i : i + step], mats, mats_h, grad[i : i + step], gx, acc)
 
         _map_chunks(chunk, range(0, rows, step))
-        with torch.no_grad(), _one_thread():
+
+        def total():
             grad_m = [None] * len(mats)
             for acc in accs.values():
                 for p, a in enumerate(acc):
                     if a is not None:
                         grad_m[p] = a if grad_m[p] is None else grad_m[p] + a
-        return (None, grad_x, *grad_m)
+            return grad_m
+
+        return (None, grad_x, *_on_worker(total))
+
+
+def _blocked_plain(plan: _Plan, x2: torch.Tensor, mats) -> torch.Tensor:
+    """The blocked multiply as plain differentiable torch ops on all rows at once: what torch.func
+    transforms and second-order gradients differentiate (no threads, no custom Function)."""
+    return _run_chunk(plan, x2, mats).reshape(x2.shape[0], -1)[:, : plan.out_f]
 
 
 def _blocked_2d(x2, tw, increasing_stride, out_f, split=None):
@@ -518,6 +540,8 @@ def _blocked_2d(x2, tw, increasing_stride, out_f, split=None):
     in_pad = e_in * k_lo - in_f
     # Zero padding only up to the next multiple of K_lo; rows must be contiguous for the views.
     x2 = torch.nn.functional.pad(x2, (0, in_pad)) if in_pad else x2.contiguous()
+    if in_functorch():
+        return _blocked_plain(plan, x2, mats)
     if torch.is_grad_enabled() and (x2.requires_grad or any(m.requires_grad for m in mats)):
         return _BlockedFn.apply(plan, x2, *mats)
     return _blocked_forward(plan, x2, mats)
