@@ -35,6 +35,7 @@ __all__ = [
     "idft",
     "dft2",
     "dct",
+    "matrix",
     "dst",
     "circulant",
     "toeplitz",
@@ -659,6 +660,54 @@ def mel(fb, *, dtype=torch.float32) -> Butterfly:
             gather.append((half + up_starts[j] + q, j, 1.0))
     tw = np.stack((_route(spread, n, increasing=False, key="src"), _route(gather, n, increasing=True, key="dst")))
     return Butterfly(n_freqs, n_mels, nblocks=2, size=n, increasing_stride=False, twiddle=_to_torch(tw, dtype)[None])
+
+
+def matrix(w, *, dtype=torch.float32) -> Butterfly:
+    """Any real (n_in, n_out) matrix ``w`` as a K-matrix with ``module(x) == x @ w``, its values
+    exactly (each entry of the product is one of w's entries times ones: no rounding).  For a map
+    with no cheaper exact construction, e.g. a DCT matrix rounded to float32 that a float64
+    module must reproduce as it is.
+
+    Size N = P Q (P = next power of two of n_in, at least 2; Q of n_out), index ``q P + p``: a
+    decreasing butterfly copies x to every block q (the high bits), weights block q by column q of
+    w in its first low-bit factor and sums each block into its head q P; an increasing butterfly
+    then routes the head q P to q, bit by bit from the lowest (two heads never meet: positions
+    after bit i keep q's bits 0..i and q P's bits above i, which together give q).  4 N log2 N
+    twiddles: use it for small matrices.
+    """
+    w_np = w.detach().cpu().double().numpy() if isinstance(w, torch.Tensor) else np.asarray(w, dtype=np.float64)
+    if w_np.ndim != 2 or min(w_np.shape) < 1:
+        raise ValueError(f"w must be a 2-D (n_in, n_out) matrix, got shape {w_np.shape}")
+    if not np.all(np.isfinite(w_np)):
+        raise ValueError("w must be finite")
+    n_in, n_out = w_np.shape
+    p_size, q_size = max(2, next_power_of_two(n_in)), next_power_of_two(n_out)
+    a, b = p_size.bit_length() - 1, q_size.bit_length() - 1
+    n, c = p_size * q_size, a + b
+    wp = np.zeros((p_size, q_size))
+    wp[:n_in, :n_out] = w_np
+    spread = np.zeros((c, n // 2, 2, 2))
+    for i in range(c):  # decreasing: factor i has bit c - 1 - i
+        bit = c - 1 - i
+        s = 1 << bit
+        if bit >= a:  # copy to the upper block
+            spread[i, :, 0, 0] = spread[i, :, 1, 0] = 1.0
+        elif bit < a - 1:  # sum into the lower position
+            spread[i, :, 0, 0] = spread[i, :, 0, 1] = 1.0
+        else:  # the first low-bit factor: weights w[p, q] and w[p + P/2, q] into position (q, p)
+            for q in range(q_size):
+                for p in range(p_size // 2):
+                    j = _pair_index(q * p_size + p, s)
+                    spread[i, j, 0, 0], spread[i, j, 0, 1] = wp[p, q], wp[p + s, q]
+    route = np.zeros((c, n // 2, 2, 2))
+    for q in range(q_size):
+        for i in range(c):  # increasing: factor i has bit i; set bit i of the position to q's
+            s = 1 << i
+            pos = (q & (s - 1)) | ((q * p_size) & ~(s - 1))
+            src, dst = (pos >> i) & 1, (q >> i) & 1
+            route[i, _pair_index(pos & ~s, s), dst, src] = 1.0
+    tw = np.stack((spread, route))
+    return Butterfly(n_in, n_out, nblocks=2, size=n, increasing_stride=False, twiddle=_to_torch(tw, dtype)[None])
 
 
 def cost_table(modules: dict[str, Butterfly]) -> str:

@@ -85,14 +85,15 @@ def check_lengths(lengths, x: torch.Tensor, name: str = "lengths") -> torch.Tens
             f"{name} must have shape {tuple(x.shape[:-1])} (one length per signal of the input of "
             f"shape {tuple(x.shape)}), got {tuple(lengths.shape)}"
         )
-    lengths = lengths.to(device=x.device, dtype=torch.long)
     if not torch.compiler.is_compiling() and lengths.numel():
+        # Checked where the lengths are, before the move: CPU lengths (a DataLoader's) cost no
+        # device synchronisation; lengths already on a GPU do (pass them on the CPU to avoid it).
         lo, hi = int(lengths.min()), int(lengths.max())
         if lo < 1 or hi > x.shape[-1]:
             raise ValueError(
                 f"{name} must lie in [1, {x.shape[-1]}] (the time axis of the input), got values in [{lo}, {hi}]"
             )
-    return lengths
+    return lengths.to(device=x.device, dtype=torch.long)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -74,12 +74,13 @@ def melscale_fbanks(n_freqs: int, f_min: float, f_max: float, n_mels: int, sampl
     return fb
 
 
-def create_dct(n_mfcc: int, n_mels: int, norm: str | None) -> torch.Tensor:
-    """``torchaudio.functional.create_dct``: the DCT-II matrix (n_mels, n_mfcc), ``mels @ dct``."""
+def create_dct(n_mfcc: int, n_mels: int, norm: str | None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``torchaudio.functional.create_dct``: the DCT-II matrix (n_mels, n_mfcc), ``mels @ dct``.
+    ``dtype``: as torchaudio computes it under that default dtype (None: the default dtype)."""
     if norm not in (None, "ortho"):
         raise ValueError(f"norm must be 'ortho' or None, got {norm!r}")
-    n = torch.arange(float(n_mels))
-    k = torch.arange(float(n_mfcc)).unsqueeze(1)
+    n = torch.arange(float(n_mels), dtype=dtype)
+    k = torch.arange(float(n_mfcc), dtype=dtype).unsqueeze(1)
     dct = torch.cos(math.pi / float(n_mels) * (n + 0.5) * k)  # (n_mfcc, n_mels)
     if norm is None:
         dct *= 2.0

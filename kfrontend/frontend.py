@@ -25,8 +25,9 @@ Two ways to evaluate the stages (``path``):
   (the K-matrix applied to identity rows), folds the window into the DFT columns under the window's
   support and runs dense matmuls.  The twiddles stay the parameters; gradients reach them through
   the product.  This is the fast path on CPU and for large batches.
-* ``"kernel"``: the K-matrices are applied to the activations (``butterfly_multiply``; the fused
-  Triton kernel on CUDA).
+* ``"kernel"``: the K-matrices are applied to the activations (``butterfly_multiply``; on CUDA the
+  fused Triton kernel only with ``backend="triton"`` until it is verified on a GPU, see
+  ``kfrontend.functional.auto_backend``).
 * ``"auto"`` (default): ``"matrix"``.
 
 Usage::
@@ -38,10 +39,19 @@ Usage::
     fixed = fe.to_fixed()                                 # dense buffers, real arithmetic (ONNX)
 
 Precision: the stages compute in the module's dtype (float32, or float64 when built with
-``dtype=torch.float64``; ``.double()`` of a float32 module keeps the float32 rounding of its
-twiddles), with autocast disabled inside.  The matrix path's products are cached while no gradient
-is wanted (no_grad, frozen stages) and the twiddles are unchanged.  Under torch.compile each
-stage's product is a single custom op (``kfrontend::kmatrix_dense``), so compilation stays quick.
+``dtype=torch.float64``; ``.double()`` / ``.to(torch.float64)`` of a float32 module keeps the float32
+rounding of its twiddles, and complex twiddles stay complex: complex128), with autocast disabled
+inside.  A ``.half()`` / ``.bfloat16()`` module stores its parameters in half precision (complex
+ones stay complex64), computes in float32 and returns its own dtype.  The matrix path's products
+are cached while no gradient is wanted (no_grad, frozen stages) and the tensors they come from hold
+the same values (compared, so ``p.data`` writes are seen).  Under torch.compile each stage's product
+is a single custom op (``kfrontend::kmatrix_dense``), so compilation stays quick.
+
+Module contract (docs/FRONTEND.md): deepcopy and pickle work (the TwiddleOffset parametrization is
+pickled as its tensors); the state_dict carries the configuration and refuses another one;
+second-order gradients are exact on the CPU paths; torch.func.vmap, torch.compile and
+torch.export of ``to_fixed()`` work; TorchScript is refused (use ``to_fixed()`` with torch.export /
+ONNX).
 
 Pre-cut frames: ``fe(frames, framed=True)`` takes frames of shape (..., n_frames, win_length), the
 samples under the window (for torch.stft-style front ends, padded frame ``t`` sample
@@ -68,6 +78,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from kfrontend import features as Fe
+from kfrontend._contract import ModuleContract, compute_dtype, in_functorch, refuse_tracing, upcast
 from kfrontend._optional import require
 from kfrontend.filterbanks import create_dct, kaldi_mel_banks, melscale_fbanks
 
@@ -143,7 +154,9 @@ class LinearStage(nn.Module):
                 w = torch.cat((w.real, w.imag), dim=-1)
             if init == "random":
                 w = torch.randn_like(w) / math.sqrt(self.in_features)
-            self.weight = nn.Parameter(w.contiguous())
+            # A copy: training must never write into the caller's matrix (a torchaudio module's
+            # mel_scale.fb) nor into the front end's ref_* buffers.
+            self.weight = nn.Parameter(w.clone(memory_format=torch.contiguous_format))
 
     @property
     def param(self) -> nn.Parameter:
@@ -173,13 +186,51 @@ class LinearStage(nn.Module):
                 state_dict[old] = t0 + scale * delta
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def _offset(self):
+        """The TwiddleOffset of ``k`` or None."""
+        p = getattr(getattr(self.k, "parametrizations", None), "twiddle", None)
+        return None if p is None else p[0]
+
+    def __getstate__(self):
+        # torch.nn.utils.parametrize refuses to pickle a parametrized module (its class is made on
+        # the fly).  Pickle ``k`` plain, with the offset (as its twiddle parameter) and the
+        # TwiddleOffset buffers beside it; __setstate__ puts the parametrization back: the same
+        # tensors, bit for bit.  (copy.deepcopy goes through here too.)
+        state = self.__dict__.copy()
+        off = self._offset() if self.k is not None else None
+        if off is not None:
+            # A plain instance of k's own class over the same tensors (remove_parametrizations
+            # would edit the class, which a deepcopy shares with the original).
+            k = self.k
+            plain = type(k).__bases__[0].__new__(type(k).__bases__[0])
+            plain.__dict__.update(k.__dict__)
+            plain._parameters = dict(k._parameters, twiddle=k.parametrizations.twiddle.original)  # the offset
+            plain._modules = {n: m for n, m in k._modules.items() if n != "parametrizations"}
+            state["_modules"] = dict(state["_modules"], k=plain)
+            state["_twiddle_offset"] = (off.twiddle0, off.scale)
+        state["_cache"] = None
+        return state
+
+    def __setstate__(self, state):
+        off = state.pop("_twiddle_offset", None)
+        super().__setstate__(state)
+        if off is not None:
+            k, delta = self.k, self.k.twiddle
+            offset = TwiddleOffset(off[0], 1.0)
+            offset.scale = off[1]
+            # register_parametrization writes right_inverse(twiddle) into the tensor in place: give
+            # it a stand-in, then put the offset Parameter itself (requires_grad and all) back.
+            k._parameters["twiddle"] = nn.Parameter(off[0].clone(), requires_grad=delta.requires_grad)
+            parametrize.register_parametrization(k, "twiddle", offset, unsafe=True)
+            k.parametrizations.twiddle.original = delta
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply to activations (complex output for the DFT stage)."""
         if self.k is not None:
             y = self.k(x)
             # A real stage may be built as a complex K-matrix whose output is real by construction.
             return y.real if (y.is_complex() and not self.is_complex) else y
-        y = x @ self.weight
+        y = x @ upcast(self.weight).to(x.dtype)
         if self.is_complex:
             return torch.complex(y[..., : self.out_features], y[..., self.out_features:])
         return y
@@ -189,23 +240,30 @@ class LinearStage(nn.Module):
         complex stage the real (rows, 2 * out) matrix ``[Re | Im]``."""
         stop = self.in_features if stop is None else stop
         if self.k is None:
-            return self.weight[start:stop]
+            return upcast(self.weight[start:stop])
         # Multiplying the K-matrix out costs O(N^2) + a few matmuls, independent of the batch: when
-        # no gradient is wanted (inference, or a frozen stage) the result is cached until the
-        # twiddles change (in-place updates bump their version counter).
+        # no gradient is wanted (inference, or a frozen stage) the result is cached while the
+        # tensors it comes from hold the same values.  The values are compared against a copy
+        # (O(parameters), small beside the product): version counters miss ``p.data`` writes (EMA
+        # updates, hand loading).  A product made under inference_mode is an inference tensor that
+        # autograd cannot save, so it serves inference_mode only.
         state = list(self.k.parameters()) + list(self.k.buffers())  # what the twiddle is computed from
         wants_grad = torch.is_grad_enabled() and any(p.requires_grad for p in state)
-        cacheable = not torch.compiler.is_compiling() and not wants_grad
-        key = (start, stop) + tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in state) if cacheable else None
-        if cacheable and self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
+        cacheable = not torch.compiler.is_compiling() and not wants_grad and not in_functorch()
+        if cacheable:
+            key = (start, stop, torch.is_inference_mode_enabled())
+            c = self._cache
+            if (c is not None and c[0] == key and len(c[1]) == len(state)
+                    and all(a.dtype == b.dtype and a.device == b.device and a.shape == b.shape and torch.equal(a, b)
+                            for a, b in zip(c[1], state))):
+                return c[2]
         re, im = stage_matrix_parts(self.k, start, stop)
         if self.is_complex:
             y = torch.cat((re, torch.zeros_like(re) if im is None else im), dim=0).transpose(0, 1)
         else:  # a real stage, possibly a complex K-matrix with a real output (DCT)
             y = re.transpose(0, 1)
         if cacheable:
-            self._cache = (key, y.detach())
+            self._cache = (key, [t.detach().clone() for t in state], y.detach())
         return y
 
     def dense(self) -> torch.Tensor:
@@ -218,8 +276,9 @@ class LinearStage(nn.Module):
 
     @property
     def real_dtype(self) -> torch.dtype:
+        """The real dtype the stage computes in (float32 for a ``.half()`` stage)."""
         p = next(self.parameters())
-        return p.real.dtype if p.is_complex() else p.dtype
+        return compute_dtype(p.real.dtype if p.is_complex() else p.dtype)
 
     @property
     def device(self) -> torch.device:
@@ -271,12 +330,15 @@ def kmatrix_dense_parts(module: nn.Module, start: int = 0, stop: int | None = No
     small matmuls, plain torch ops; elsewhere ``kmatrix_multiply`` on the identity rows (the Triton
     kernel on CUDA)."""
     from kfrontend.cpu import kmatrix_rows
-    from kfrontend.functional import kmatrix_multiply
+    from kfrontend.functional import auto_backend, kmatrix_multiply
 
     stop = module.in_features if stop is None else stop
-    tw = module.twiddle
+    tw = upcast(module.twiddle)
     n = 2 * tw.shape[-3]
     backend = getattr(module, "backend", "auto")
+    if backend == "auto":
+        real = tw.real.dtype if tw.is_complex() else tw.dtype
+        backend = "torch" if auto_backend(tw.device.type, real, tw.dtype) != "triton" else backend
     if tw.device.type == "cpu" or backend == "torch":
         stacks = [kmatrix_rows(tw[k], module.increasing_stride, min(n, module.out_features - k * n), start, stop)
                   for k in range(math.ceil(module.out_features / n))]
@@ -372,7 +434,7 @@ def stage_matrix_parts(module: nn.Module, start: int = 0, stop: int | None = Non
     stop = module.in_features if stop is None else stop
     if not torch.compiler.is_compiling():
         return kmatrix_dense_parts(module, start, stop)
-    tw = module.twiddle
+    tw = upcast(module.twiddle)
     cplx = tw.is_complex()
     real_output = bool(getattr(module, "real_output", False))
     out = _kmatrix_dense_op(torch.view_as_real(tw) if cplx else tw, module.in_features, module.out_features,
@@ -482,7 +544,7 @@ def _signal_and_energy(fe, waveform: torch.Tensor, lengths, framed: bool):
     energy per frame or None): everything before the DFT stage."""
     Fe.check_waveform(waveform, "frames" if framed else "waveform")
     sig, n_frames = _signal(fe, waveform.to(fe.compute_dtype), lengths, framed)
-    energy = _kaldi_energy(fe, _frames_of(fe, sig, framed), fe.window) if fe.use_energy else None
+    energy = _kaldi_energy(fe, _frames_of(fe, sig, framed), upcast(fe.window)) if fe.use_energy else None
     return sig, n_frames, energy
 
 
@@ -497,13 +559,28 @@ _CONFIG_KEYS = (
 )
 
 
-class _FrontendBase(nn.Module):
+class _FrontendBase(ModuleContract, nn.Module):
     def _set_config(self, cfg: dict) -> None:
         for k in _CONFIG_KEYS:
             setattr(self, k, cfg[k])
 
     def config(self) -> dict:
         return {k: getattr(self, k) for k in _CONFIG_KEYS}
+
+    def _config_state(self) -> dict:
+        # What the features depend on beyond the tensors' shapes (frames_op only picks a kernel).
+        cfg = {k: v for k, v in self.config().items() if k != "frames_op"}
+        return dict(cfg, n_mels=self.n_mels, n_out=self.n_out)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """float32 or float64: the arithmetic's dtype (float32 for a ``.half()`` module)."""
+        return compute_dtype(self.param_dtype)
+
+    def _output(self, out: torch.Tensor) -> torch.Tensor:
+        """Features in the module's dtype: a ``.half()`` / ``.bfloat16()`` module computes in float32
+        (power spectra overflow float16) and hands half precision to the next half layer."""
+        return out if out.dtype == self.param_dtype else out.to(self.param_dtype)
 
     @property
     def n_freqs(self) -> int:
@@ -543,6 +620,10 @@ class KaleidoscopeFrontend(_FrontendBase):
         path: "auto" | "matrix" | "kernel" (see the module docstring); backend: butterfly backend
         (``kmatrix_multiply``'s; "torch" keeps the matrix path on plain torch ops on every device);
         frames_op: "auto" | "conv" | "unfold" (``features.frames_matmul``).
+        dct_construction: "auto" (the chirp-z DCT when ``dct`` is ``create_dct``'s, as torchaudio
+        makes it in float32 or float64; any other matrix by ``constructions.matrix``) | "matrix"
+        (``dct``'s values themselves, exactly: what ``from_transform(..., dtype=torch.float64)``
+        of a float32 MFCC uses, so that it equals ``module.double()``).
     """
 
     def __init__(self, *, n_fft: int, win_length: int, hop_length: int, window: torch.Tensor,
@@ -556,7 +637,7 @@ class KaleidoscopeFrontend(_FrontendBase):
                  htk_compat: bool = False, subtract_mean: bool = False, frames_op: str = "auto",
                  init: str = "exact", structure: str = "kaleidoscope", trainable: bool | dict = True,
                  width: int | dict = 0, dtype: torch.dtype = torch.float32, path: str = "auto",
-                 backend: str = "auto", step_scale: float | None = "default"):
+                 backend: str = "auto", step_scale: float | None = "default", dct_construction: str = "auto"):
         super().__init__()
         cfg = _validate_config(locals())
         self._set_config(cfg)
@@ -592,9 +673,10 @@ class KaleidoscopeFrontend(_FrontendBase):
         self.n_out = self.n_mels if dct is None else dct.shape[1]
 
         # Exact targets, kept (not saved) for the pictures and drift measurements.
-        self.register_buffer("ref_window", window.to(dtype), persistent=False)
-        self.register_buffer("ref_fb", fb.to(dtype), persistent=False)
-        self.register_buffer("ref_dct", None if dct is None else dct.to(dtype), persistent=False)
+        # (Copies: a dense stage's weight must not be the buffer it is compared against.)
+        self.register_buffer("ref_window", window.to(dtype, copy=True), persistent=False)
+        self.register_buffer("ref_fb", fb.to(dtype, copy=True), persistent=False)
+        self.register_buffer("ref_dct", None if dct is None else dct.to(dtype, copy=True), persistent=False)
 
         self.window = nn.Parameter(window.to(dtype).clone())
         cdtype = _complex_of(dtype)
@@ -616,10 +698,14 @@ class KaleidoscopeFrontend(_FrontendBase):
         self.mel = LinearStage("mel", fb.to(dtype), structure=structure, init=init, width=widths["mel"],
                                build=build_mel, dtype=dtype, backend=backend, step_scale=self.step_scale)
         if dct is not None:
-            norm = _dct_norm(dct)
+            if dct_construction not in ("auto", "matrix"):
+                raise ValueError(f"dct_construction must be 'auto' or 'matrix', got {dct_construction!r}")
+            norm = _dct_norm(dct) if dct_construction == "auto" else _NOT_A_DCT
 
             def build_dct():
                 from kfrontend import constructions as C
+                if norm is _NOT_A_DCT:  # reproduce the given values themselves
+                    return C.matrix(dct.to(dtype), dtype=dtype)
                 return C.dct(dct.shape[0], dct.shape[1], norm=norm, dtype=dtype)
 
             self.dct = LinearStage("dct", dct.to(dtype), structure=structure, init=init, width=widths["dct"],
@@ -714,7 +800,7 @@ class KaleidoscopeFrontend(_FrontendBase):
         return out
 
     @property
-    def compute_dtype(self) -> torch.dtype:
+    def param_dtype(self) -> torch.dtype:
         return self.window.dtype
 
     # ---- forward --------------------------------------------------------------------------------
@@ -726,9 +812,11 @@ class KaleidoscopeFrontend(_FrontendBase):
         ``(features, n_frames)``.  Frames of item i beyond n_frames[i] are computed from zeros
         and carry no meaning.
         """
+        refuse_tracing(self)
         with _no_autocast(waveform):
             sig, n_frames, energy = _signal_and_energy(self, waveform, lengths, framed)
-            window = self.window * _window_scale(self, self.window)
+            window = upcast(self.window)
+            window = window * _window_scale(self, window)
             path = "matrix" if (self.path == "auto" or self.structure == "dense") else self.path
             if path == "matrix":
                 dft_w, mel_w, dct_w = self._stage_matrices(window)
@@ -737,6 +825,7 @@ class KaleidoscopeFrontend(_FrontendBase):
             else:
                 spec = self._spectrum_kernel(_frames_of(self, sig, framed), window)
                 out = _post_spectrum(self, spec, self.mel, self.dct, energy, n_frames)
+        out = self._output(out)
         return out if lengths is None else (out, n_frames)
 
     def _spectrum_kernel(self, frames, window):
@@ -754,8 +843,10 @@ class KaleidoscopeFrontend(_FrontendBase):
         """A plain module (no parameters) with the current stages multiplied out into dense buffers:
         the window (and its normalisation) folded into the DFT columns under the window's support,
         the DFT as real cos / sin columns (no complex arithmetic: ONNX-friendly)."""
-        dft_w, mel_w, dct_w = self._stage_matrices(self.window * _window_scale(self, self.window))
-        return FixedFrontend(self.config(), dft_w, mel_w, dct_w, self.window.detach())
+        window = upcast(self.window)
+        dft_w, mel_w, dct_w = self._stage_matrices(window * _window_scale(self, window))
+        fixed = FixedFrontend(self.config(), dft_w, mel_w, dct_w, window.detach())
+        return fixed.to(self.param_dtype)
 
     def _stage_matrices(self, window: torch.Tensor):
         """The stages multiplied out: the DFT columns under the window's support with the (scaled)
@@ -866,7 +957,14 @@ class KaleidoscopeFrontend(_FrontendBase):
         ours = dict(_OUR_DEFAULTS, **ours)
         cfg = _melspec_config(ta, ours, window=spec.window.detach().cpu(), fb=mel.fb.detach().cpu())
         if mfcc is not None:
-            cfg["dct"] = mfcc.dct_mat.detach().cpu()
+            dct = cfg["dct"] = mfcc.dct_mat.detach().cpu()
+            if cfg["dtype"] == torch.float64 and not any(
+                    torch.allclose(dct.double(), create_dct(dct.shape[1], dct.shape[0], norm, dtype=torch.float64),
+                                   rtol=0.0, atol=1e-14) for norm in ("ortho", None)):
+                # A float64 front end equals ``module.double()``, whose DCT holds dct_mat's values
+                # (float32 ones, for an MFCC made under the float32 default): the chirp-z DCT would
+                # be the float64 DCT, 1e-7 off.  So the stage reproduces the values themselves.
+                cfg["dct_construction"] = "matrix"
         return cls(**cfg)
 
 
@@ -883,21 +981,25 @@ class FixedFrontend(_FrontendBase):
                  dct_weight: torch.Tensor | None, window: torch.Tensor):
         super().__init__()
         self._set_config(config)
+        self.n_mels = mel_weight.shape[1]
+        self.n_out = self.n_mels if dct_weight is None else dct_weight.shape[1]
         self.register_buffer("dft_weight", dft_weight.detach().clone())
         self.register_buffer("mel_weight", mel_weight.detach().clone())
         self.register_buffer("dct_weight", None if dct_weight is None else dct_weight.detach().clone())
         self.register_buffer("window", window.detach().clone())  # for Kaldi's non-raw energy only
 
     @property
-    def compute_dtype(self) -> torch.dtype:
+    def param_dtype(self) -> torch.dtype:
         return self.dft_weight.dtype
 
     def forward(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None, framed: bool = False):
+        refuse_tracing(self)
         with _no_autocast(waveform):
             sig, n_frames, energy = _signal_and_energy(self, waveform, lengths, framed)
-            spec = _spectrum(self, sig, framed, self.dft_weight)
-            dct_w = self.dct_weight
-            out = _post_spectrum(self, spec, self.mel_weight, dct_w, energy, n_frames)
+            spec = _spectrum(self, sig, framed, upcast(self.dft_weight))
+            dct_w = None if self.dct_weight is None else upcast(self.dct_weight)
+            out = _post_spectrum(self, spec, upcast(self.mel_weight), dct_w, energy, n_frames)
+        out = self._output(out)
         return out if lengths is None else (out, n_frames)
 
 
@@ -957,10 +1059,12 @@ def _check_real(v, name: str) -> float:
 
 
 def _as_tensor(v, name: str) -> torch.Tensor:
+    """A copy of ``v``: the module never shares storage with the caller's tensors (a torchaudio
+    module's window / fb / dct_mat), so training cannot change them."""
     t = torch.as_tensor(v)
     if not t.is_floating_point():
         raise TypeError(f"{name} must be a real floating point tensor, got dtype {t.dtype}")
-    return t.detach()
+    return t.detach().clone()
 
 
 def _per_stage(value, name: str, typ, default, stages=STAGES) -> dict:
@@ -977,14 +1081,20 @@ def _per_stage(value, name: str, typ, default, stages=STAGES) -> dict:
     return out
 
 
+_NOT_A_DCT = "not a DCT"
+
+
 def _dct_norm(dct: torch.Tensor) -> str | None:
-    """torchaudio.functional.create_dct's norm of a given (n_mels, n_mfcc) DCT-II matrix."""
+    """torchaudio.functional.create_dct's norm of a given (n_mels, n_mfcc) DCT-II matrix, as
+    torchaudio computes it in float32 or in float64 (an MFCC made under a float64 default dtype;
+    at 128 mels the float32 one is 7e-6 off the float64 one), or ``_NOT_A_DCT``."""
     n_mels, n_out = dct.shape
     for norm in ("ortho", None):
-        ref = create_dct(n_out, n_mels, norm).to(torch.float64)
-        if torch.allclose(dct.to(torch.float64), ref, rtol=1e-6, atol=1e-6):
-            return norm
-    raise ValueError("dct must be torchaudio.functional.create_dct(n_out, n_mels, norm) with norm 'ortho' or None")
+        for dtype in (torch.float32, torch.float64):
+            ref = create_dct(n_out, n_mels, norm, dtype=dtype).to(torch.float64)
+            if torch.allclose(dct.to(torch.float64), ref, rtol=1e-6, atol=1e-6):
+                return norm
+    return _NOT_A_DCT
 
 
 def _validate_config(a: dict) -> dict:

@@ -6,6 +6,7 @@ import math
 import torch
 from torch import nn
 
+from kfrontend._contract import ModuleContract, refuse_tracing, upcast
 from kfrontend.functional import (
     BACKENDS,
     kmatrix_multiply,
@@ -91,7 +92,7 @@ def unitary_twiddle(angles: torch.Tensor) -> torch.Tensor:
                         torch.stack((-e(alpha - chi) * s, e(alpha - psi) * c), -1)), -2)
 
 
-class Butterfly(nn.Module):
+class Butterfly(ModuleContract, nn.Module):
     """``y = x @ W.T + bias`` with ``W`` a (stacked) product of butterfly factors.
 
     x is (..., in_features).  The input is zero-padded to ``size`` (default: the next power of two
@@ -102,6 +103,11 @@ class Butterfly(nn.Module):
 
     ``twiddle`` (nstacks, nblocks, log2 N, N/2, 2, 2) is the only weight; pass ``twiddle=`` to build
     a layer from an exact construction.
+
+    Module contract (docs/FRONTEND.md): ``.double()`` / ``.to(dtype)`` keep complex twiddles complex
+    (complex128 / complex64); after ``.half()`` / ``.bfloat16()`` real twiddles are stored in half
+    precision and the product runs in float32 (complex twiddles stay complex64); the state_dict
+    carries the configuration below (``_config_state``) and refuses another one.
     """
 
     def __init__(
@@ -152,6 +158,15 @@ class Butterfly(nn.Module):
             )
         self.twiddle = nn.Parameter(twiddle.detach().clone())
 
+    def _config_state(self) -> dict:
+        return dict(in_features=self.in_features, out_features=self.out_features, size=self.size,
+                    nblocks=self.nblocks, increasing_stride=self.increasing_stride, real_output=self.real_output,
+                    complex=self.is_complex, bias=self.bias is not None)
+
+    def _twiddle_for_compute(self) -> torch.Tensor:
+        """The twiddle the product uses: float32 when stored in half precision (``.half()``)."""
+        return upcast(self.twiddle)
+
     def no_weight_decay_parameters(self) -> set[str]:
         """Names of this module's parameters to keep out of weight decay: the structured ones
         (decaying twiddles shrinks every factor of a product towards zero, not the map towards a
@@ -174,11 +189,14 @@ class Butterfly(nn.Module):
         """``x @ W.T + bias`` for x (..., in_features); ``conjugate``: ``x @ W.conj().T + bias``;
         ``transpose``: the transposed map ``x @ W`` (``x @ W.conj()`` with ``conjugate``: the
         adjoint) for x (..., out_features), returning (..., in_features), without a bias.
+        Half precision x (or a ``.half()`` layer) is computed in float32 and returned in x's dtype.
 
         The transposed product runs on any backend by transforming the twiddle
         (``kfrontend.functional.transposed_twiddle``); the matrix is never built.  With
         ``real_output`` the map is ``Re(W)`` for real x, and its transpose ``Re(W).T``.
         """
+        refuse_tracing(self)
+        tw = self._twiddle_for_compute()
         if transpose:
             if self.bias is not None:
                 raise ValueError(
@@ -191,14 +209,14 @@ class Butterfly(nn.Module):
                     f"with transpose=True expected input of shape (..., {self.out_features}) "
                     f"(out_features), got {tuple(x.shape)}"
                 )
-            y = kmatrix_multiply(x, self.twiddle, self.in_features, self.increasing_stride, self.backend,
+            y = kmatrix_multiply(x, tw, self.in_features, self.increasing_stride, self.backend,
                                  transpose=True, conjugate=conjugate)
         else:
             if x.shape[-1] != self.in_features:
                 raise ValueError(
                     f"expected input of shape (..., {self.in_features}) (in_features), got {tuple(x.shape)}"
                 )
-            y = kmatrix_multiply(x, self.twiddle, self.out_features, self.increasing_stride, self.backend,
+            y = kmatrix_multiply(x, tw, self.out_features, self.increasing_stride, self.backend,
                                  conjugate=conjugate)
         if self.real_output and y.is_complex():
             y = y.real
@@ -207,8 +225,9 @@ class Butterfly(nn.Module):
     @torch.no_grad()
     def to_dense(self) -> torch.Tensor:
         """The exact (out_features, in_features) matrix W: ``forward(x) == x @ W.T + bias``."""
-        eye = torch.eye(self.in_features, dtype=self.twiddle.dtype, device=self.twiddle.device)
-        w = kmatrix_multiply(eye, self.twiddle, self.out_features, self.increasing_stride, "torch")
+        tw = self._twiddle_for_compute()
+        eye = torch.eye(self.in_features, dtype=tw.dtype, device=tw.device)
+        w = kmatrix_multiply(eye, tw, self.out_features, self.increasing_stride, "torch")
         if self.real_output and w.is_complex():
             w = w.real
         return w.transpose(0, 1).contiguous()
@@ -334,9 +353,13 @@ class ButterflyUnitary(Butterfly):
 
     @property
     def twiddle(self) -> torch.Tensor:
-        if self.angles.dim() == 5:
-            return unitary_twiddle(self.angles)
-        return orthogonal_twiddle(self.angles, self.det)
+        angles = upcast(self.angles)  # cos / sin / polar of half-precision angles: in float32
+        if angles.dim() == 5:
+            return unitary_twiddle(angles)
+        return orthogonal_twiddle(angles, self.det.to(angles.dtype))
+
+    def _config_state(self) -> dict:
+        return dict(super()._config_state(), reflections=self._reflections)
 
     @property
     def nblocks(self) -> int:

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from kfrontend import constructions
+from kfrontend._contract import ModuleContract
 from kfrontend.functional import BACKENDS
 
 __all__ = ["ChannelShuffle", "shuffle_permutation"]
@@ -19,7 +20,7 @@ def shuffle_permutation(groups: int, channels: int) -> list[int]:
     return [(i % groups) * per + i // groups for i in range(channels)]
 
 
-class ChannelShuffle(nn.Module):
+class ChannelShuffle(ModuleContract, nn.Module):
     """Drop-in for a channel shuffle (``torch.nn.ChannelShuffle(groups)``) that learns: the channel
     map is a K-matrix (an increasing then a decreasing butterfly over the channels, Benes-routed
     to the shuffle's permutation, ``constructions.permutation``), so at init it equals the fixed
@@ -56,6 +57,9 @@ class ChannelShuffle(nn.Module):
             return self.mix(x)
         # The K-matrix acts on the last axis: channels last, then back (a view each way).
         return self.mix(x.movedim(1, -1)).movedim(-1, 1)
+
+    def _config_state(self) -> dict:
+        return dict(groups=self.groups, channels=self.channels)
 
     def extra_repr(self) -> str:
         return f"groups={self.groups}, channels={self.channels}"
