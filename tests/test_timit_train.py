@@ -119,6 +119,37 @@ def test_frontend_frozen_then_fine_tuned(data, tmp_path):
                or tuned[k].is_complex())
 
 
+def test_per_stage_freezing_threads_and_safe_checkpoints(data, tmp_path, monkeypatch):
+    """Issue 14's recipe rows: unfreezing after frontend_freeze_epochs gives each stage back its own
+    setting (a stage frozen on purpose stays frozen), train() restores the process's thread count,
+    and checkpoints load with weights_only=True."""
+    pytest.importorskip("kfrontend.frontend")
+    from recipes.timit import train as T
+
+    class WindowFrozen(M.Recognizer):
+        def __init__(self, cfg):
+            super().__init__(cfg)
+            self.frontend.set_trainable({"window": False})
+
+    monkeypatch.setattr(T, "Recognizer", WindowFrozen)
+    exp = tmp_path / "kal"
+    per_epoch = len(epoch_batches([1] * len(load_manifest(data, "train")), TINY["batch_size"], 0, 0))
+    cfg = _cfg(frontend="kaleidoscope", frontend_freeze_epochs=1, frontend_lr=1e-2, dropout=0.0, cpu_threads=1)
+    torch.manual_seed(cfg["seed"])
+    init = WindowFrozen(cfg).state_dict()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train(data, exp, dict(cfg, max_steps=per_epoch + 3), progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    tuned = torch.load(exp / "last.pt", map_location="cpu", weights_only=True)["model"]
+    assert torch.equal(tuned["frontend.window"], init["frontend.window"])
+    assert not torch.equal(tuned["frontend.mel.k.parametrizations.twiddle.original"],
+                           init["frontend.mel.k.parametrizations.twiddle.original"])
+
+
 def test_nonfinite_losses_are_skipped_then_stop(data, tmp_path, monkeypatch):
     forward = M.Recognizer.forward
     calls = {"n": 0, "bad": {3, 4}}

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -46,6 +48,19 @@ def score(decoded: list[dict]) -> dict:
     return per([d["ref39"] for d in decoded], [d["hyp39"] for d in decoded])
 
 
+def load_checkpoint(path) -> dict:
+    """``torch.load(path, weights_only=True)``: tensors, containers and plain Python values only,
+    so a checkpoint cannot run code when it is loaded.  Checkpoints written before the numpy RNG
+    state was stored as a plain list hold numpy arrays: exactly those types are allowed for them."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        core = getattr(np, "_core", None) or np.core
+        allowed = [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_experiment(exp, which: str = "best", device="cpu") -> tuple[Recognizer, dict, dict]:
     """(model, config, checkpoint metadata) from ``exp/best.pt`` or ``exp/last.pt``."""
     exp = Path(exp)
@@ -54,7 +69,7 @@ def load_experiment(exp, which: str = "best", device="cpu") -> tuple[Recognizer,
         path = exp / "last.pt"
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint in {exp} (expected best.pt or last.pt): train first")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(path)
     cfg = ckpt["config"]
     model = Recognizer(cfg)
     model.load_state_dict(ckpt["model"])

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from recipes.timit.data import Utterances, collate, epoch_batches, feasible, shard
-from recipes.timit.evaluate import decode_rows, score
+from recipes.timit.evaluate import decode_rows, load_checkpoint, score
 from recipes.timit.model import FRONTENDS, LEARNABLE, Recognizer
 from recipes.timit.prepare import load_manifest
 
@@ -185,7 +185,10 @@ class Dist:
 
 
 def rng_state() -> dict:
-    s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    # numpy's key array as a plain list: checkpoints load with weights_only=True
+    s = {"python": random.getstate(), "numpy": (name, keys.tolist(), pos, has_gauss, cached),
+         "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         s["cuda"] = torch.cuda.get_rng_state_all()
     return s
@@ -193,7 +196,8 @@ def rng_state() -> dict:
 
 def set_rng_state(s: dict) -> None:
     random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
+    name, keys, pos, has_gauss, cached = s["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(s["torch"])
     if "cuda" in s and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
@@ -301,7 +305,16 @@ def _frontend_frozen(cfg: dict, epoch: int) -> bool:
 
 
 def train(data, exp, cfg: dict, *, progress: bool = True) -> dict:
-    """Train (or resume) the experiment in ``exp`` on the manifests in ``data``; returns the summary."""
+    """Train (or resume) the experiment in ``exp`` on the manifests in ``data``; returns the summary.
+    The process's torch thread count (``cpu_threads``) is restored on return."""
+    threads = torch.get_num_threads()
+    try:
+        return _train(data, exp, cfg, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(data, exp, cfg: dict, *, progress: bool) -> dict:
     validate_config(cfg)
     dist = Dist()
     if cfg["device"] == "auto":
@@ -323,7 +336,7 @@ def train(data, exp, cfg: dict, *, progress: bool = True) -> dict:
 
     ckpt = None
     if (exp / "last.pt").exists():
-        ckpt = torch.load(exp / "last.pt", map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint(exp / "last.pt")
         old = ckpt["config"]
         diff = {k for k in set(old) | set(cfg) if old.get(k) != cfg.get(k)} - RESUMABLE_CHANGES
         if diff:
@@ -440,12 +453,15 @@ def train(data, exp, cfg: dict, *, progress: bool = True) -> dict:
     bar = tqdm(total=max_steps if math.isfinite(max_steps) else None, initial=state["step"],
                disable=not (main and progress), unit="step", desc=f"train {exp.name}", dynamic_ncols=True)
     wrapped, wrapped_frozen = None, None
+    stage_trainable = model.frontend.trainable_stages() if model.learnable_frontend else {}
     model.train()
     while state["step"] < max_steps:
         epoch = state["epoch"]
         frozen = _frontend_frozen(cfg, epoch)
         if model.learnable_frontend:
-            model.frontend.set_trainable(not frozen)
+            # Frozen for the first epochs, then back to the stages' own setting (a stage frozen
+            # on purpose stays frozen).
+            model.frontend.set_trainable({s: t and not frozen for s, t in stage_trainable.items()})
         if dist.on and (wrapped is None or wrapped_frozen != frozen):
             # DDP records which parameters need gradients when it is built: rebuild it when the
             # front end is frozen or unfrozen
