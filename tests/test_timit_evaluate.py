@@ -98,3 +98,24 @@ def test_decode_rows_skips_infeasible_utterances_and_restores_the_mode(tmp_path)
     assert math.isnan(loss) and not model.training
     together, _ = E.decode_rows(model, rows, torch.device("cpu"), batch_size=16)
     assert [d["hyp48"] for d in together] == [d["hyp48"] for d in decoded[::2][::-1]]
+
+
+def test_checkpoints_load_without_running_code(tmp_path):
+    """load_checkpoint is torch.load(weights_only=True): a checkpoint that would run code on load
+    is refused; one from before the RNG state was stored as a list (numpy's arrays) still loads."""
+    import pickle
+
+    import numpy as np
+
+    old = {"rng": [{"numpy": np.random.get_state()}], "config": {"a": 1}}
+    torch.save(old, tmp_path / "old.pt")
+    got = E.load_checkpoint(tmp_path / "old.pt")
+    assert np.array_equal(got["rng"][0]["numpy"][1], old["rng"][0]["numpy"][1]) and got["config"] == {"a": 1}
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        E.load_checkpoint(tmp_path / "evil.pt")
