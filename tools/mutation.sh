@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Mutation testing of the core modules with mutmut 3 (>= 3.8: classmethods are mutated too), one
+# module at a time against only the test files that exercise it, so each run takes minutes on two
+# cores.  Not part of CI; results and the surviving mutants are recorded in docs/TESTING.md.
+#
+# mutmut rewrites the files it mutates, so it NEVER runs in this working tree: every module gets a
+# fresh copy of the committed tree (git archive HEAD; set MUTATION_SOURCE=worktree to take the
+# working tree, uncommitted edits included) under $MUTATION_WORK (default /tmp/kfrontend-mutation).
+#
+#   pip install 'mutmut>=3.8'
+#   tools/mutation.sh                      # every module below
+#   tools/mutation.sh constructions phones # some of them
+#   JOBS=1 tools/mutation.sh features      # fewer parallel test processes (default 2)
+#
+# Output per module in $MUTATION_WORK/results/: <module>.log (mutmut's progress), <module>.all (every
+# mutant and its status), <module>.txt (those not killed) and <module>.diff (their diffs).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PY="${PYTHON:-python}"
+WORK="${MUTATION_WORK:-/tmp/kfrontend-mutation}"
+JOBS="${JOBS:-2}"
+OUT="$WORK/results"
+
+# module -> "file to mutate|test files|mutant name patterns (empty: every function in the file)"
+declare -A SPEC=(
+  # The reference product, its argument checks and dtype rules, and the size helpers (the backend
+  # dispatch in butterfly_multiply / kmatrix_multiply is for tests/test_cpu_paths.py, not run here).
+  [functional]="kfrontend/functional.py|tests/test_functional.py|kfrontend.functional.x_is_power_of_two__mutmut_* kfrontend.functional.x_next_power_of_two__mutmut_* kfrontend.functional.x_stride_of__mutmut_* kfrontend.functional.x_block_is_increasing__mutmut_* kfrontend.functional.x_check_butterfly_args__mutmut_* kfrontend.functional.x__compute_dtype__mutmut_* kfrontend.functional.x__output_dtype__mutmut_* kfrontend.functional.x_butterfly_multiply_reference__mutmut_*"
+  [constructions]="kfrontend/constructions.py|tests/test_constructions.py tests/test_transforms.py tests/test_mutation_regressions.py|"
+  [features]="kfrontend/features.py|tests/test_features.py tests/test_mutation_regressions.py|"
+  # The front end's conversions only (the rest of frontend.py is the module's forward pass):
+  # the from_* constructors and the helpers that turn their arguments into a configuration.
+  [frontend]="kfrontend/frontend.py|tests/test_frontend_conversions.py tests/test_mutation_regressions.py|kfrontend.frontend.x__melspec_config__mutmut_* kfrontend.frontend.x__kaldi_config__mutmut_* kfrontend.frontend.x__librosa_config__mutmut_* kfrontend.frontend.x__split_kwargs__mutmut_* kfrontend.frontend.x*from_*__mutmut_*"
+  [phones]="recipes/timit/phones.py|tests/test_timit_phones.py|"
+  [evaluate]="recipes/timit/evaluate.py|tests/test_mutation_regressions.py tests/test_timit_evaluate.py|"
+  # The CTC decoders (greedy, prefix beam search) of the recipe's model.
+  [decoder]="recipes/timit/model.py|tests/test_timit_model.py tests/test_mutation_regressions.py|recipes.timit.model.x_greedy_decode__mutmut_* recipes.timit.model.x_prefix_beam_decode__mutmut_* recipes.timit.model.x__logaddexp__mutmut_*"
+)
+ORDER=(functional constructions features frontend phones evaluate decoder)
+
+mkdir -p "$OUT"
+"$PY" -c 'import mutmut, sys; v = tuple(int(p) for p in mutmut.__version__.split(".")[:2]); sys.exit(v < (3, 8))' 2>/dev/null \
+  || { echo "needs mutmut >= 3.8 for $PY: pip install 'mutmut>=3.8'" >&2; exit 2; }
+
+for module in "${@:-${ORDER[@]}}"; do
+  [[ -n "${SPEC[$module]:-}" ]] || { echo "unknown module $module (one of: ${ORDER[*]})" >&2; exit 2; }
+  IFS='|' read -r file tests names <<< "${SPEC[$module]}"
+  dir="$WORK/$module"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  if [[ "${MUTATION_SOURCE:-HEAD}" == worktree ]]; then
+    (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard | xargs -0 tar -c 2>/dev/null) | tar -x -C "$dir"
+  else
+    git -C "$ROOT" archive HEAD | tar -x -C "$dir"
+  fi
+  {
+    echo "[mutmut]"
+    echo "source_paths ="
+    echo "    kfrontend/"
+    echo "    recipes/"
+    echo "only_mutate = $file"
+    echo "pytest_add_cli_args_test_selection ="
+    for t in $tests; do echo "    $t"; done
+    echo "pytest_add_cli_args ="
+    echo "    -p"
+    echo "    no:cacheprovider"
+    # the git-based change detection and dependency cache are for incremental runs in a project;
+    # each run here starts from a fresh copy
+    echo "use_git_change_detection = false"
+  } > "$dir/setup.cfg"
+  echo "== $module: mutating $file against $tests"
+  start=$(date +%s)
+  # shellcheck disable=SC2086
+  (cd "$dir" && OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 10 "$PY" -m mutmut run --max-children "$JOBS" $names \
+      > "$OUT/$module.log" 2>&1) || echo "   mutmut exited $? (see $OUT/$module.log)"
+  # One process for the report (mutmut show per mutant costs a second or two each): every mutant's
+  # status in <module>.all, the ones not killed in <module>.txt with their diffs in <module>.diff.
+  (cd "$dir" && "$PY" - "$OUT/$module" <<'PYEOF'
+import sys
+from mutmut.__main__ import (SourceFileMutationData, get_diff_for_mutant, status_by_exit_code,
+                             walk_mutatable_files)
+from mutmut.configuration import config
+
+out = sys.argv[1]
+with open(out + ".all", "w") as fa, open(out + ".txt", "w") as ft, open(out + ".diff", "w") as fd:
+    for path in walk_mutatable_files():
+        if not config().should_mutate(path):
+            continue
+        m = SourceFileMutationData(path=path)
+        m.load()
+        for name, code in m.exit_code_by_key.items():
+            status = status_by_exit_code[code]
+            fa.write(f"{name}: {status}\n")
+            if status not in ("killed", "not checked"):  # not checked: outside the names run
+                ft.write(f"{name}: {status}\n")
+                fd.write(f"# {name}: {status}\n{get_diff_for_mutant(name, path=path)}\n")
+PYEOF
+  ) || echo "   report failed"
+  echo "   $(( $(date +%s) - start )) s; $(tail -c 400 "$OUT/$module.log" | tr '\r' '\n' | grep -E '[0-9]+/[0-9]+' | tail -1)"
+  echo "   not killed: $(grep -c . "$OUT/$module.txt" || true) (list: $OUT/$module.txt, diffs: $OUT/$module.diff)"
+done
