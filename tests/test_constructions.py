@@ -190,3 +190,95 @@ def test_bad_sizes_are_refused():
 def test_cost_table_lists_parameters_and_flops():
     table = C.cost_table({"dft": C.dft(400, onesided=True), "dct": C.dct(40, 13)})
     assert "| dft | 400 | 201 | 1024 | 2 |" in table and "| dct | 40 | 13 | 64 | 2 |" in table
+
+
+# ------------------------------------------------------------------------------------------------
+# Edges and messages found by mutation testing (tools/mutation.sh constructions, docs/TESTING.md)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("make,name", [(C.dft, "n"), (C.hadamard, "n"), (C.identity, "n"), (C.dct, "n_in"),
+                                       (lambda v: C.dct(40, v), "n_out")])
+def test_size_checks_name_the_argument_exactly(make, name):
+    with pytest.raises(TypeError, match=f"^{name} must be an int, got float$"):
+        make(4.0)
+    with pytest.raises(TypeError, match=f"^{name} must be an int, got bool$"):
+        make(True)
+    with pytest.raises(ValueError, match=f"^{name} must be >= 1, got 0$"):
+        make(0)
+
+
+def test_structure_at_the_smallest_sizes():
+    """n = 2 is a power of two: radix-2 (Benes + DIT, 3 butterflies of size 2), not chirp-z;
+    n = 1 is chirp-z on a circulant of the minimum size 2.  Values are checked by the size sweep."""
+    m2 = C.dft(2)
+    assert (m2.size, m2.nblocks, m2.increasing_stride) == (2, 3, True)
+    m1 = C.dft(1)
+    assert (m1.size, m1.nblocks, m1.increasing_stride) == (2, 2, False)
+    m = C.dft(6)
+    assert (m.size, m.nblocks, m.increasing_stride) == (16, 2, False)  # circulant >= 6 + 6 - 1
+
+
+def test_identity_and_permutation_structure_and_dtypes():
+    i = C.identity(5)
+    assert (i.size, i.nblocks) == (8, 1) and i.twiddle.dtype == torch.float32  # real unless asked
+    assert C.identity(5, complex=True).twiddle.dtype == torch.complex64
+    assert C.identity(5, complex=True, dtype=torch.float64).twiddle.dtype == torch.complex128
+    assert torch.equal(C.identity(5, complex=True, dtype=torch.float64).to_dense(), torch.eye(5, dtype=torch.complex128))
+    p = C.permutation(torch.tensor([2, 0, 1]), dtype=torch.float64)
+    assert (p.size, p.nblocks, p.increasing_stride) == (4, 2, True)
+    assert torch.equal(p.to_dense(), torch.eye(3, dtype=torch.float64)[[2, 0, 1]])
+    with pytest.raises(ValueError, match=r"^perm must be a non-empty 1-D sequence of indices, got shape \(1, 2\)$"):
+        C.permutation([[0, 1]])
+    with pytest.raises(ValueError, match=r"^perm must be a non-empty 1-D sequence of indices, got shape \(0,\)$"):
+        C.permutation([])
+    with pytest.raises(ValueError, match=r"^perm must be a permutation of 0\.\.2$"):
+        C.permutation([0, 3, 1])
+
+
+def test_widen_copies_every_setting():
+    from kfrontend import Butterfly
+
+    torch.manual_seed(0)
+    m = Butterfly(10, 6, bias=True, increasing_stride=False, backend="torch", dtype=torch.float64)
+    with torch.no_grad():
+        m.bias.normal_()
+    w = C.widen(m, 1)
+    assert (w.in_features, w.out_features, w.size, w.increasing_stride, w.backend) == (10, 6, 16, False, "torch")
+    assert w.twiddle.dtype == m.twiddle.dtype and w.nblocks == m.nblocks + 2
+    assert torch.equal(w.bias, m.bias)
+    x = torch.randn(4, 10, dtype=torch.float64)
+    torch.testing.assert_close(w(x), m(x), rtol=0, atol=1e-12)
+    same = C.widen(m, 0)  # no extra pair: the same map, a copy
+    assert same.nblocks == m.nblocks and torch.equal(same(x), m(x)) and same is not m
+    assert C.widen(Butterfly(8, 8), 1).bias is None
+    assert C.widen(C.dct(40, 13), 1).real_output
+    with pytest.raises(ValueError, match=r"^extra_pairs must be an int >= 0, got -1$"):
+        C.widen(m, -1)
+    with pytest.raises(ValueError, match=r"^extra_pairs must be an int >= 0, got 1\.0$"):
+        C.widen(m, 1.0)
+    with pytest.raises(TypeError, match=r"^module must be a kfrontend\.Butterfly, got Linear$"):
+        C.widen(torch.nn.Linear(2, 2), 1)
+
+
+def test_mel_edges_and_messages():
+    one = torch.tensor([[0.0], [1.0], [0.5]], dtype=torch.float64)  # a single filter
+    x = torch.rand(4, 3, dtype=torch.float64)
+    assert rel_err(C.mel(one, dtype=torch.float64)(x), x @ one) <= 1e-12
+    fb = torchaudio.functional.melscale_fbanks(33, 0.0, 8000.0, 6, 16000).double()
+    assert torch.equal(C.mel(fb.numpy(), dtype=torch.float64).to_dense(), C.mel(fb, dtype=torch.float64).to_dense())
+    bad = fb.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="^fb must be finite$"):
+        C.mel(bad)
+    with pytest.raises(ValueError, match=r"^fb must be a 2-D \(n_freqs, n_mels\) filterbank, got shape \(0, 3\)$"):
+        C.mel(np.zeros((0, 3)))
+    swapped = torch.zeros(6, 2)
+    swapped[2:4, 0] = 1.0
+    swapped[0:2, 1] = 1.0
+    with pytest.raises(ValueError, match=r"^fb: filter 1 \(bins 0\.\.1\) is not ordered after the previous filter "
+                                         r"\(bins 2\.\.3\); mel\(\) needs triangular filters in increasing order$"):
+        C.mel(swapped)
+    three = torch.zeros(6, 3)
+    three[0:3, 0] = three[1:4, 1] = three[2:5, 2] = 1.0  # bin 2 in three filters
+    with pytest.raises(ValueError, match=r"^fb: filters 0 and 2 overlap \(bins 0\.\.2 and 2\.\.4\); mel\(\) needs "
+                                         r"each bin in at most two adjacent filters$"):
+        C.mel(three)
