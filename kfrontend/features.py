@@ -170,15 +170,17 @@ def stft_padded(
     pad: int = 0,
     lengths: torch.Tensor | None = None,
     name: str = "waveform",
+    shortest: int | None = None,
 ) -> torch.Tensor:
     """The padded signal (..., span) whose ``unfold(-1, win_length, hop_length)`` are the frames
-    under the window's support, as torch.stft (after torchaudio's constant ``pad``) cuts them."""
+    under the window's support, as torch.stft (after torchaudio's constant ``pad``) cuts them.
+    ``shortest``: ``lengths.min()`` when the caller knows it on the host (no device sync)."""
     length = x.shape[-1]
     if lengths is None or torch.compiler.is_compiling():
         # The shortest item decides whether reflection is possible; checked on the batch length.
         _check_stft_length(length, n_fft, center, pad_mode, pad, name)
     else:
-        _check_stft_length(int(lengths.min()), n_fft, center, pad_mode, pad, name)
+        _check_stft_length(int(lengths.min()) if shortest is None else shortest, n_fft, center, pad_mode, pad, name)
     half = n_fft // 2 if center else 0
     total = length + 2 * pad + 2 * half
     left = window_offset(n_fft, win_length)
@@ -237,11 +239,15 @@ def kaldi_padded(
     snip_edges: bool = True,
     lengths: torch.Tensor | None = None,
     name: str = "waveform",
+    shortest: int | None = None,
 ) -> torch.Tensor:
     """The signal (..., span) whose ``unfold(-1, window_size, window_shift)`` are the frames exactly
     as torchaudio.compliance.kaldi cuts them (mirrored at the ends unless ``snip_edges``)."""
     length = x.shape[-1]
-    shortest = length if (lengths is None or torch.compiler.is_compiling()) else int(lengths.min())
+    if lengths is None or torch.compiler.is_compiling():
+        shortest = length
+    elif shortest is None:  # the caller may know it on the host (no device sync)
+        shortest = int(lengths.min())
     if shortest < window_size:
         # torchaudio asserts 2 <= window_size <= len(waveform), whatever snip_edges says.
         raise ValueError(
