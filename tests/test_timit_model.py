@@ -157,3 +157,15 @@ def test_clipping_per_group_keeps_the_recognizer_step():
     assert torch.equal(rec.grad, torch.tensor([0.3, 0.0, 0.4]))              # untouched
     torch.testing.assert_close(fe.grad, torch.tensor([3.0, 4.0]), rtol=1e-5, atol=1e-5)  # clipped to 5
     assert _clip([torch.nn.Parameter(torch.zeros(1))], 5.0) is None           # no gradient (frozen)
+
+
+def test_logaddexp_against_numpy_and_at_minus_infinity():
+    """log(e^a + e^b) as numpy's logaddexp, including the empty sums the beam search starts from:
+    -inf with -inf is -inf (not NaN), -inf with b is b."""
+    import numpy as np
+
+    from recipes.timit.model import _logaddexp
+
+    for a, b in ((0.3, -1.2), (-700.0, -701.5), (5.0, 5.0), (-math.inf, 0.25), (0.25, -math.inf)):
+        assert _logaddexp(a, b) == pytest.approx(float(np.logaddexp(a, b)), rel=1e-15, abs=1e-300)
+    assert _logaddexp(-math.inf, -math.inf) == -math.inf
