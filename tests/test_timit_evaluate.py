@@ -3,6 +3,8 @@ decode): loading a checkpoint, the refusals, and the results table, each against
 out here.  Fast (a 16-unit model, no training)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -119,3 +121,81 @@ def test_checkpoints_load_without_running_code(tmp_path):
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(pickle.UnpicklingError):
         E.load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_evaluate_row_and_files_in_full(tmp_path, monkeypatch):
+    """Every field of the result row and of per.json, the output folders for greedy and beam
+    decoding, the arguments passed on (checkpoint choice, device, batch size, manifests from the
+    config unless ``data`` is given), and the training wall time read from summary.json."""
+    import json
+
+    from test_mutation_regressions import HYP_TXT, _manifest, _paths, _StubModel
+
+    rows = _manifest(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("test", "dev"):
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    exp = tmp_path / "run7"
+    exp.mkdir()
+    stub = _StubModel(_paths())
+    seen = []
+
+    def fake_load(e, which, device):
+        seen.append((Path(e), which, device))
+        return stub, {"frontend": "stub", "data": str(data)}, {"checkpoint": str(exp / f"{which}.pt"), "step": 42}
+
+    monkeypatch.setattr(E, "load_experiment", fake_load)
+    calls = []
+    real = E.decode_rows
+    monkeypatch.setattr(E, "decode_rows", lambda *a, **k: calls.append(k) or real(*a, **k))
+    row = E.evaluate(exp)  # defaults: test split, best checkpoint, greedy, CPU here
+    assert seen[-1] == (exp, "best", torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    assert calls[-1] == {"batch_size": 16, "beam": 1}
+    want = {"exp": "run7", "frontend": "stub", "split": "test", "beam": 1, "checkpoint": "best.pt", "step": 42,
+            "params": {"frontend": 0, "recognizer": 1, "total": 1}, "train_wall_s": None,
+            "per": 20.0, "errors": 3, "sub": 1, "del": 1, "ins": 1, "ref_phones": 15, "utterances": 2}
+    loss = row.pop("loss")
+    assert row == want and loss > 0
+    per_json = json.loads((exp / "decode_test" / "per.json").read_text())
+    assert per_json.pop("loss") == pytest.approx(loss) and per_json == want
+    assert (exp / "decode_test" / "hyp.txt").read_text() == HYP_TXT
+    assert sorted(p.name for p in (exp / "decode_test").iterdir()) == ["hyp.txt", "per.json"]  # no .tmp left
+
+    (exp / "summary.json").write_text(json.dumps({"wall_s": 12.5}))
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "dev.jsonl").write_text(json.dumps(rows[0]) + "\n")  # data= overrides the config's
+    row = E.evaluate(exp, "dev", which="last", beam=3, device="cpu", batch_size=5, data=other)
+    assert seen[-1] == (exp, "last", torch.device("cpu")) and calls[-1] == {"batch_size": 5, "beam": 3}
+    assert (row["split"], row["beam"], row["checkpoint"], row["train_wall_s"], row["ref_phones"]) == (
+        "dev", 3, "last.pt", 12.5, 8)
+    assert json.loads((exp / "decode_dev_beam3" / "per.json").read_text())["beam"] == 3
+
+
+def test_load_checkpoint_is_weights_only(tmp_path):
+    """Plain checkpoints load; numpy arrays (an older RNG state format) load too; anything that
+    would run code on loading is refused."""
+    import numpy as np
+
+    torch.save({"a": torch.ones(2), "n": 3}, tmp_path / "plain.pt")
+    got = E.load_checkpoint(tmp_path / "plain.pt")
+    assert torch.equal(got["a"], torch.ones(2)) and got["n"] == 3
+    torch.save({"rng": np.arange(4, dtype=np.uint32)}, tmp_path / "numpy.pt")
+    assert np.array_equal(E.load_checkpoint(tmp_path / "numpy.pt")["rng"], np.arange(4))
+    torch.save({"bad": _Evil()}, tmp_path / "evil.pt")
+    import pickle
+    with pytest.raises(pickle.UnpicklingError):
+        E.load_checkpoint(tmp_path / "evil.pt")
+
+
+class _Evil:
+    """Stands for an arbitrary pickled object (its class would be imported and run on loading)."""
+
+
+def test_load_experiment_default_is_best(tmp_path):
+    cfg = _cfg()
+    _save(tmp_path / "best.pt", Recognizer(cfg), cfg, step=1)
+    _save(tmp_path / "last.pt", Recognizer(cfg), cfg, step=2)
+    _, _, meta = E.load_experiment(tmp_path)
+    assert meta["step"] == 1
