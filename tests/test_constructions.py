@@ -282,3 +282,15 @@ def test_mel_edges_and_messages():
     with pytest.raises(ValueError, match=r"^fb: filters 0 and 2 overlap \(bins 0\.\.2 and 2\.\.4\); mel\(\) needs "
                                          r"each bin in at most two adjacent filters$"):
         C.mel(three)
+
+
+def test_dft_dtype_argument():
+    """A real dtype means its complex counterpart; anything else is refused by name."""
+    assert C.dft(8, dtype=torch.float64).twiddle.dtype == torch.complex128
+    assert C.dft(6, dtype=torch.float32).twiddle.dtype == torch.complex64
+    assert C.dft(8, dtype=torch.complex128).twiddle.dtype == torch.complex128
+    with pytest.raises(TypeError, match=r"^dtype must be a float or complex torch dtype, got torch\.int32$"):
+        C.dft(8, dtype=torch.int32)
+    from kfrontend import Butterfly
+
+    assert C.widen(Butterfly(8, 8), 1).increasing_stride is True  # the order is copied either way
