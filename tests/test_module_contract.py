@@ -124,6 +124,20 @@ def test_dtype_moves_keep_the_map(name):
             assert all(t.dtype in (torch.float32, torch.complex64) for t in back.parameters())
 
 
+@pytest.mark.parametrize("maker", [
+    lambda **k: KF.from_melspectrogram(**dict(MEL, **k)),
+    lambda **k: KF.from_mfcc(n_mfcc=5, melkwargs=MEL, **k),
+    lambda **k: KF.from_kaldi_fbank(frame_length=8.0, frame_shift=4.0, num_mel_bins=6, **k),
+], ids=["melspectrogram", "mfcc", "kaldi_fbank"])
+def test_float_of_a_float64_front_end(maker):
+    """Built in float64, then ``.float()``: within float32 rounding of the one built in float32
+    (before: a conv dtype error)."""
+    x = inputs("mfcc")
+    got = maker(dtype=torch.float64).float()(x)
+    assert got.dtype == torch.float32
+    assert rel(got, maker()(x)) < 1e-5
+
+
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
 def test_half_precision_modules_run(name, half):
