@@ -169,3 +169,19 @@ def test_logaddexp_against_numpy_and_at_minus_infinity():
     for a, b in ((0.3, -1.2), (-700.0, -701.5), (5.0, 5.0), (-math.inf, 0.25), (0.25, -math.inf)):
         assert _logaddexp(a, b) == pytest.approx(float(np.logaddexp(a, b)), rel=1e-15, abs=1e-300)
     assert _logaddexp(-math.inf, -math.inf) == -math.inf
+
+
+def test_reflect_pad_checks_host_lengths_only():
+    """Too-short utterances are refused on CPU tensors; on an accelerator the check runs on the
+    host copy (Recognizer.check_lengths, called by train/evaluate) so the forward does not sync."""
+    from recipes.timit.model import check_reflect_lengths, reflect_pad
+
+    wave = torch.randn(2, 400)
+    with pytest.raises(ValueError, match="longer than 200 samples"):
+        reflect_pad(wave, torch.tensor([400, 150]), 200)
+    with pytest.raises(ValueError, match="got a length of 150"):
+        check_reflect_lengths(torch.tensor([400, 150]), 200)
+    check_reflect_lengths(torch.tensor([400, 150]), 0)  # no padding: any length
+    meta = torch.tensor([400, 150], device="meta")  # a device tensor: no check, no host read
+    out, plen = reflect_pad(wave.to("meta"), meta, 200)
+    assert out.shape == (2, 800) and plen.device.type == "meta"

@@ -27,6 +27,7 @@ def decode_rows(model: Recognizer, rows: list[dict], device, *, batch_size: int 
     out, loss_sum, loss_n = [None] * len(rows), 0.0, 0
     for s in range(0, len(order), batch_size):
         batch = collate([ds[i] for i in order[s:s + batch_size]])
+        model.check_lengths(batch["lengths"])  # on the host: no device sync per batch
         lp, n = model(batch["wave"].to(device), batch["lengths"].to(device), autocast_dtype)
         losses = F.ctc_loss(lp.transpose(0, 1), batch["targets"].to(device), n,
                             batch["target_lengths"].to(device), blank=0, reduction="none",

@@ -69,15 +69,21 @@ def build_frontend(cfg: dict) -> tuple[nn.Module, int]:
     return fe, cfg["n_mels"]
 
 
+def check_reflect_lengths(lengths: torch.Tensor, pad: int) -> None:
+    """Reflection padding needs every utterance longer than ``pad`` samples."""
+    if pad and int(lengths.min()) <= pad:
+        raise ValueError(f"every utterance must be longer than {pad} samples for reflection padding, "
+                         f"got a length of {int(lengths.min())}")
+
+
 def reflect_pad(wave: torch.Tensor, lengths: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Reflection-pad each row of ``wave`` (B, T) by ``pad`` on both sides *at its own length*
     (torch's 'reflect' mode: the edge sample is not repeated). Positions past an item's padded
     length read its valid samples (clamped) and are masked downstream."""
     if pad == 0:
         return wave, lengths
-    if int(lengths.min()) <= pad:
-        raise ValueError(f"every utterance must be longer than {pad} samples for reflection padding, "
-                         f"got a length of {int(lengths.min())}")
+    if lengths.device.type == "cpu":  # on an accelerator the caller checks the host copy (no sync per batch)
+        check_reflect_lengths(lengths, pad)
     T = wave.shape[1]
     i = torch.arange(T + 2 * pad, device=wave.device).unsqueeze(0) - pad    # (1, T + 2 pad)
     last = (lengths - 1).unsqueeze(1)                                     # (B, 1)
@@ -149,6 +155,11 @@ class Recognizer(nn.Module):
     def num_frames(self, num_samples: torch.Tensor | int):
         """Output frames (after subsampling) for utterances of ``num_samples`` samples."""
         return (1 + (num_samples + 2 * self.pad - self.win) // self.hop) // self.subsample
+
+    def check_lengths(self, lengths: torch.Tensor) -> None:
+        """Refuse utterances too short for the front end's padding; call it on the host copy of
+        the lengths before moving a batch to an accelerator."""
+        check_reflect_lengths(lengths, self.pad)
 
     def features(self, wave: torch.Tensor, lengths: torch.Tensor):
         """Normalised features (B, T, F) and valid frame counts, before subsampling."""

@@ -479,6 +479,7 @@ def _train(data, exp, cfg: dict, *, progress: bool) -> dict:
             if state["step"] >= max_steps:
                 break
             lr_scale = sched.set_step(state["step"])
+            model.check_lengths(batch["lengths"])  # on the host: no device sync per batch
             wave, lengths = batch["wave"].to(device), batch["lengths"].to(device)
             tgt, tlen = batch["targets"].to(device), batch["target_lengths"].to(device)
             lp, n = net(wave, lengths, autocast)
