@@ -294,3 +294,49 @@ def test_dft_dtype_argument():
     from kfrontend import Butterfly
 
     assert C.widen(Butterfly(8, 8), 1).increasing_stride is True  # the order is copied either way
+
+
+def test_structured_constructions_defaults_names_and_complexity():
+    """Defaults against the references they promise (scipy / torch.fft with their own defaults),
+    the argument named in each refusal, and complex data giving a complex map."""
+    x = torch.randn(3, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    xc = torch.randn(3, 12, dtype=torch.complex128, generator=torch.Generator().manual_seed(3))
+    assert rel_err(C.idft(12, dtype=torch.complex128)(xc), torch.fft.ifft(xc)) <= 1e-9
+    assert rel_err(C.idft(12, onesided=True, dtype=torch.complex128)(xc), torch.fft.ifft(xc)[:, :7]) <= 1e-9
+    x2 = torch.randn(2, 4, 2, dtype=torch.complex128, generator=torch.Generator().manual_seed(4))  # (.., n2, n1)
+    y2 = C.dft2(2, 4, dtype=torch.complex128)(x2.reshape(2, 8)).reshape(2, 4, 2)
+    assert rel_err(y2, torch.fft.fft2(x2)) <= 1e-9  # forward, norm "backward" by default
+    ref = torch.from_numpy(scipy.fft.dst(x.numpy(), type=2, norm="ortho", axis=-1))
+    assert rel_err(C.dst(12, dtype=torch.float64)(x), ref) <= 1e-9  # DST-II, orthonormal by default
+    for call, msg in ((lambda: C.dft2(0, 4), "^n1 must be >= 1, got 0$"), (lambda: C.dft2(4, 0), "^n2 must be >= 1, got 0$"),
+                      (lambda: C.toeplitz([]), r"^col must be a non-empty 1-D vector, got shape \(0,\)$"),
+                      (lambda: C.toeplitz([1.0], [[1.0]]), r"^row must be a non-empty 1-D vector, got shape \(1, 1\)$"),
+                      (lambda: C.toeplitz([1.0, float("inf")]), "^col must be finite$"),
+                      (lambda: C.circular_convolution(torch.zeros(2, 2)),
+                       r"^kernel must be a non-empty 1-D vector, got shape \(2, 2\)$"),
+                      (lambda: C.circular_convolution([1.0], 0), "^n must be >= 1, got 0$"),
+                      (lambda: C.circular_convolution([1.0, 2.0, 3.0], 2), "^kernel has 3 taps, more than n = 2$")):
+        with pytest.raises(ValueError, match=msg):
+            call()
+    # complex data (in the column, the row or the kernel) gives a complex map by default
+    t = C.toeplitz([1.0, 2.0, 3.0], [1.0, 1j, 2.0])
+    assert t.twiddle.dtype == torch.complex64 and not t.real_output
+    assert C.toeplitz(torch.tensor([1.0, 2.0])).real_output
+    for kern in ([1.0, 0.5j], [1.0, 0.5j, 0.25, 2.0]):
+        k = C.circular_convolution(kern, 4, dtype=torch.complex128)
+        z = torch.randn(2, 4, dtype=torch.complex128, generator=torch.Generator().manual_seed(5))
+        want = torch.fft.ifft(torch.fft.fft(torch.tensor(kern, dtype=torch.complex128), 4) * torch.fft.fft(z))
+        assert rel_err(k(z), want) <= 1e-9
+        assert not C.circular_convolution(kern, 4).real_output
+    for col in ([1.0, 2j, 3.0, 4.0], [1.0, 2j, 3.0]):  # power-of-two and Toeplitz-embedded circulants
+        assert C.circulant(col).twiddle.dtype == torch.complex64 and not C.circulant(col).real_output
+        assert C.circulant([abs(v) for v in col]).real_output
+
+
+def test_cost_table_header():
+    lines = C.cost_table({"dft": C.dft(8)}).split("\n")
+    assert lines[:2] == ["| stage | in | out | N | butterflies | params (K) | params (dense) | FLOPs (K) | FLOPs (dense) |",
+                         "|---|---|---|---|---|---|---|---|---|"]
+    m = C.dft(8)
+    assert lines[2] == (f"| dft | 8 | 8 | 8 | 3 | {m.parameter_count():,} | {m.dense_parameter_count():,} "
+                        f"| {m.flops():,} | {m.dense_flops():,} |") and len(lines) == 3
