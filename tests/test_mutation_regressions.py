@@ -235,6 +235,11 @@ class _StubModel(torch.nn.Module):
             self.lp[n] = p.log().float()
         self.w = torch.nn.Parameter(torch.zeros(1))
 
+    def check_lengths(self, lengths):
+        """Recognizer's host-side length check; every stub utterance is long enough for any
+        padding, so here it only checks it is given the sample counts the stub knows."""
+        assert lengths.device.type == "cpu" and all(int(n) in self.lp for n in lengths)
+
     def forward(self, wave, lengths, autocast_dtype=None):
         lps = [self.lp[int(n)] for n in lengths]
         T = max(x.shape[0] for x in lps)
