@@ -43,7 +43,7 @@ def butterfly_multiply_triton(
     from kfrontend.kernels.butterfly import butterfly_multiply_triton as impl
 
     if transpose or conjugate:
-        from kfrontend.functional import transposed_twiddle
+        from kfrontend.reference import transposed_twiddle
 
         twiddle, increasing_stride = transposed_twiddle(twiddle, increasing_stride, transpose, conjugate)
     return impl(x, twiddle, increasing_stride)

@@ -45,12 +45,7 @@ import triton
 import triton.language as tl
 
 from kfrontend.kernels import supports
-from kfrontend.functional import (
-    _output_dtype,
-    block_is_increasing,
-    check_butterfly_args,
-    stride_of,
-)
+from kfrontend.reference import block_is_increasing, check_butterfly_args, output_dtype, stride_of
 
 __all__ = [
     "butterfly_multiply_triton",
@@ -753,7 +748,7 @@ def butterfly_multiply_triton(x: torch.Tensor, twiddle: torch.Tensor, increasing
             f"backend='dense' or 'torch', or run under torch.no_grad() (forward up to "
             f"N = {max_size('fwd', is_complex)})")
     batch_shape = x.shape[:-1]
-    out_dtype = _output_dtype(x, twiddle)
+    out_dtype = output_dtype(x, twiddle)
     # Conjugate / negative views (x.conj(), .imag of one) are lazy bits the raw kernel would not
     # see, and view_as_real refuses them: materialise them first.
     x, twiddle = x.resolve_conj().resolve_neg(), twiddle.resolve_conj().resolve_neg()

@@ -33,12 +33,12 @@ from typing import NamedTuple
 import torch
 
 from kfrontend._contract import in_functorch
-from kfrontend.functional import (
-    _compute_dtype,
-    _output_dtype,
+from kfrontend.reference import (
     block_is_increasing,
     butterfly_multiply_reference,
     check_butterfly_args,
+    compute_dtype,
+    output_dtype,
     stride_of,
 )
 
@@ -562,12 +562,12 @@ def butterfly_multiply_blocked(x, twiddle, increasing_stride=True, split=None):
     n, log_n, _ = check_butterfly_args(x, twiddle)
     if split is not None and not (isinstance(split, int) and 1 <= split <= max(1, log_n - 1)):
         raise ValueError(f"split must be an int in [1, {max(1, log_n - 1)}] for N = {n}, got {split!r}")
-    dtype = _compute_dtype(x, twiddle)
+    dtype = compute_dtype(x, twiddle)
     x2 = x.reshape(-1, n)
     if x2.dtype in (torch.float16, torch.bfloat16):
         x2 = x2.to(torch.float32)
     y = _blocked_2d(x2, twiddle.to(dtype), increasing_stride, n, split)
-    return y.reshape(x.shape).to(_output_dtype(x, twiddle))
+    return y.reshape(x.shape).to(output_dtype(x, twiddle))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -654,12 +654,12 @@ def butterfly_product_matrix(twiddle: torch.Tensor, increasing_stride: bool = Tr
 def butterfly_multiply_dense(x, twiddle, increasing_stride=True):
     """Multiply the product out to an N x N matrix (differentiable), then one matmul."""
     n, _, _ = check_butterfly_args(x, twiddle)
-    dtype = _compute_dtype(x, twiddle)
+    dtype = compute_dtype(x, twiddle)
     x2 = x.reshape(-1, n)
     if x2.dtype in (torch.float16, torch.bfloat16):
         x2 = x2.to(torch.float32)
     w = _kmatrix_dense_weight(twiddle.to(dtype), increasing_stride, n, n)
-    return _matmul_right(x2, w).reshape(x.shape).to(_output_dtype(x, twiddle))
+    return _matmul_right(x2, w).reshape(x.shape).to(output_dtype(x, twiddle))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -708,7 +708,7 @@ def kmatrix_multiply_cpu(
     last passes), "dense" (materialise the (in x out) matrix, one matmul), "torch" or "auto"."""
     n = twiddle.shape[-3] * 2
     in_f = x.shape[-1]
-    dtype = _compute_dtype(x, twiddle)
+    dtype = compute_dtype(x, twiddle)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, in_f)
     if x2.dtype in (torch.float16, torch.bfloat16):
@@ -731,4 +731,4 @@ def kmatrix_multiply_cpu(
         else:
             raise ValueError(f"method must be 'auto', 'blocked', 'dense' or 'torch', got {method!r}")
     y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
-    return y.reshape(*lead, out_features).to(_output_dtype(x, twiddle))
+    return y.reshape(*lead, out_features).to(output_dtype(x, twiddle))
