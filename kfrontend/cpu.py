@@ -45,7 +45,6 @@ from kfrontend.reference import (
 __all__ = [
     "butterfly_multiply_blocked",
     "butterfly_multiply_dense",
-    "butterfly_product_matrix",
     "choose_backend",
     "kmatrix_multiply_cpu",
     "kmatrix_backend",
@@ -600,9 +599,11 @@ def _rows_split(n: int, nblocks: int, increasing_stride: bool, rows: int, stop: 
 
 
 def kmatrix_rows(tw: torch.Tensor, increasing_stride: bool, out_f: int, start: int, stop: int) -> torch.Tensor:
-    """Rows ``start:stop`` of the (N, out_f) matrix W with ``kmatrix(x) == x @ W`` (one stack,
-    tw (nblocks, log2 N, N/2, 2, 2)): the K-matrix applied to identity rows, differentiable w.r.t.
-    tw by plain autograd (any device).
+    """Rows ``start:stop`` of the (N, out_f) matrix W with ``kmatrix(x) == x @ W`` (tw (nblocks,
+    log2 N, N/2, 2, 2) for one stack, or (nstacks, nblocks, ...) for a stacked K-matrix, out_f <=
+    nstacks N): the K-matrix applied to identity rows, differentiable w.r.t. tw by plain autograd
+    (any device).  The one way the package multiplies a butterfly or K-matrix out: the dense
+    backend, ``Butterfly.to_dense`` and the front end's matrix path all call it.
 
     An identity row e_j has one nonzero, so the first two passes of the blocked plan need no
     matmul: with j = (h_j, l_j) (high, low bits), a first pass on the low bits leaves
@@ -611,6 +612,13 @@ def kmatrix_rows(tw: torch.Tensor, increasing_stride: bool, out_f: int, start: i
     passes after these are batched matmuls, in an (high, low, rows) layout.  The first pass is
     truncated to the blocks that rows < stop touch, the last to the kept outputs.
     """
+    if tw.dim() == 6:
+        n = 2 * tw.shape[-3]
+        if not 1 <= out_f <= tw.shape[0] * n:
+            raise ValueError(f"kmatrix_rows needs 1 <= out_f <= nstacks * N = {tw.shape[0] * n}; got out_f={out_f}")
+        parts = [kmatrix_rows(tw[k], increasing_stride, min(n, out_f - k * n), start, stop)
+                 for k in range(math.ceil(out_f / n))]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
     nblocks, log_n = tw.shape[0], tw.shape[1]
     n = 1 << log_n
     if not (0 <= start < stop <= n and 1 <= out_f <= n):
@@ -640,17 +648,6 @@ def kmatrix_rows(tw: torch.Tensor, increasing_stride: bool, out_f: int, start: i
     return z.permute(2, 0, 1).reshape(rows, -1)[:, :out_f]
 
 
-def _kmatrix_dense_weight(tw: torch.Tensor, increasing_stride: bool, in_f: int, out_f: int) -> torch.Tensor:
-    """The (in_f, out_f) matrix W with ``kmatrix(x) == x @ W`` (one stack), differentiable."""
-    return kmatrix_rows(tw, increasing_stride, out_f, 0, in_f)
-
-
-def butterfly_product_matrix(twiddle: torch.Tensor, increasing_stride: bool = True) -> torch.Tensor:
-    """The N x N matrix M of the butterfly product, so that ``butterfly_multiply(x) == x @ M.T``."""
-    n = twiddle.shape[-3] * 2
-    return _kmatrix_dense_weight(twiddle, increasing_stride, n, n).transpose(0, 1)
-
-
 def butterfly_multiply_dense(x, twiddle, increasing_stride=True):
     """Multiply the product out to an N x N matrix (differentiable), then one matmul."""
     n, _, _ = check_butterfly_args(x, twiddle)
@@ -658,7 +655,7 @@ def butterfly_multiply_dense(x, twiddle, increasing_stride=True):
     x2 = x.reshape(-1, n)
     if x2.dtype in (torch.float16, torch.bfloat16):
         x2 = x2.to(torch.float32)
-    w = _kmatrix_dense_weight(twiddle.to(dtype), increasing_stride, n, n)
+    w = kmatrix_rows(twiddle.to(dtype), increasing_stride, n, 0, n)
     return _matmul_right(x2, w).reshape(x.shape).to(output_dtype(x, twiddle))
 
 
@@ -722,7 +719,7 @@ def kmatrix_multiply_cpu(
     for k in range(math.ceil(out_features / n)):
         out_k = min(n, out_features - k * n)
         if method == "dense":
-            outs.append(_matmul_right(x2, _kmatrix_dense_weight(tw[k], increasing_stride, in_f, out_k)))
+            outs.append(_matmul_right(x2, kmatrix_rows(tw[k], increasing_stride, out_k, 0, in_f)))
         elif method == "blocked":
             outs.append(_blocked_2d(x2, tw[k], increasing_stride, out_k))
         elif method == "torch":

@@ -80,6 +80,7 @@ from torch.nn.utils import parametrize
 from kfrontend import features as Fe
 from kfrontend._contract import ModuleContract, compute_dtype, in_functorch, refuse_tracing, upcast
 from kfrontend._optional import require
+from kfrontend.cpu import kmatrix_rows
 from kfrontend.filterbanks import create_dct, kaldi_mel_banks, melscale_fbanks
 
 __all__ = ["KaleidoscopeFrontend", "FixedFrontend", "STAGES"]
@@ -324,74 +325,45 @@ class TwiddleOffset(nn.Module):
         return (twiddle - self.twiddle0) / self.scale
 
 
-def kmatrix_dense_parts(module: nn.Module, start: int = 0, stop: int | None = None):
-    """(real, imaginary or None) parts of columns ``start:stop`` of a ``kfrontend.Butterfly``'s
-    (out_features, in_features) matrix, differentiable w.r.t. its twiddle: the K-matrix applied to
-    identity rows.  On CPU (or with backend "torch") ``cpu.kmatrix_rows``: broadcasts and a few
-    small matmuls, plain torch ops; elsewhere ``kmatrix_multiply`` on the identity rows (the Triton
-    kernel on CUDA)."""
-    from kfrontend.cpu import kmatrix_rows
-    from kfrontend.functional import auto_backend, kmatrix_multiply
-
-    stop = module.in_features if stop is None else stop
-    tw = upcast(module.twiddle)
-    n = 2 * tw.shape[-3]
-    backend = getattr(module, "backend", "auto")
-    if backend == "auto":
-        real = tw.real.dtype if tw.is_complex() else tw.dtype
-        backend = "torch" if auto_backend(tw.device.type, real, tw.dtype) != "triton" else backend
-    if tw.device.type == "cpu" or backend == "torch":
-        stacks = [kmatrix_rows(tw[k], module.increasing_stride, min(n, module.out_features - k * n), start, stop)
-                  for k in range(math.ceil(module.out_features / n))]
-        y = stacks[0] if len(stacks) == 1 else torch.cat(stacks, dim=1)
-    else:
-        real = tw.real.dtype if tw.is_complex() else tw.dtype
-        eye = torch.zeros(stop - start, module.in_features, dtype=real, device=tw.device)
-        eye[:, start:stop] = torch.eye(stop - start, dtype=real, device=tw.device)
-        y = kmatrix_multiply(eye, tw, module.out_features, module.increasing_stride, backend)
-    y = y.transpose(0, 1)  # (out, cols)
+def _matrix_parts(tw: torch.Tensor, increasing_stride: bool, out_features: int, start: int, stop: int,
+                  real_output: bool):
+    """(real, imaginary or None) parts of columns ``start:stop`` of a K-matrix's (out_features,
+    in_features) matrix, differentiable w.r.t. ``tw``: ``cpu.kmatrix_rows`` (the K-matrix applied to
+    identity rows; broadcasts and a few small matmuls, plain torch ops on any device)."""
+    y = kmatrix_rows(tw, increasing_stride, out_features, start, stop).transpose(0, 1)  # (out, cols)
     if not y.is_complex():
         return y, None
-    if getattr(module, "real_output", False):
+    if real_output:
         return y.real, None
     return y.real, y.imag
-
-
-def kmatrix_dense(module: nn.Module, start: int = 0, stop: int | None = None) -> torch.Tensor:
-    """Columns ``start:stop`` of a ``kfrontend.Butterfly``'s (out_features, in_features) matrix,
-    differentiable w.r.t. its twiddle (``module.to_dense()`` is neither restricted nor
-    differentiable); complex for a complex K-matrix unless ``real_output``."""
-    re, im = kmatrix_dense_parts(module, start, stop)
-    return re if im is None else torch.complex(re, im)
 
 
 # torch.compile: the product above unrolls into hundreds of small ops per stage (and as many in the
 # backward), which Inductor takes minutes to compile on CPU.  Under compilation the product is one
 # opaque custom op instead (its backward recomputes the product eagerly and differentiates it),
 # so the compiled graph holds a handful of nodes per stage.  Eager mode calls the plain function.
+# The ops take real tensors: a complex twiddle travels as its ``view_as_real``.
 @torch.library.custom_op("kfrontend::kmatrix_dense", mutates_args=())
-def _kmatrix_dense_op(twiddle: torch.Tensor, in_features: int, out_features: int, start: int, stop: int,
-                      increasing_stride: bool, complex_twiddle: bool, real_output: bool, backend: str) -> torch.Tensor:
-    return _dense_from_twiddle(twiddle, in_features, out_features, start, stop, increasing_stride,
-                               complex_twiddle, real_output, backend).clone(memory_format=torch.contiguous_format)
+def _kmatrix_dense_op(twiddle: torch.Tensor, out_features: int, start: int, stop: int,
+                      increasing_stride: bool, complex_twiddle: bool, real_output: bool) -> torch.Tensor:
+    return _dense_from_twiddle(twiddle, out_features, start, stop, increasing_stride, complex_twiddle,
+                               real_output).clone(memory_format=torch.contiguous_format)
 
 
 @_kmatrix_dense_op.register_fake
-def _(twiddle, in_features, out_features, start, stop, increasing_stride, complex_twiddle, real_output, backend):
+def _(twiddle, out_features, start, stop, increasing_stride, complex_twiddle, real_output):
     parts = 2 if (complex_twiddle and not real_output) else 1
     return twiddle.new_empty((parts, out_features, stop - start))
 
 
 @torch.library.custom_op("kfrontend::kmatrix_dense_backward", mutates_args=())
-def _kmatrix_dense_backward_op(grad: torch.Tensor, twiddle: torch.Tensor, in_features: int, out_features: int,
-                               start: int, stop: int, increasing_stride: bool, complex_twiddle: bool,
-                               real_output: bool, backend: str) -> torch.Tensor:
+def _kmatrix_dense_backward_op(grad: torch.Tensor, twiddle: torch.Tensor, out_features: int, start: int,
+                               stop: int, increasing_stride: bool, complex_twiddle: bool,
+                               real_output: bool) -> torch.Tensor:
     # Autograd's dispatch keys are excluded inside a custom op's implementation; torch.func's vjp
-    # brings its own.  Backend "torch": ``cpu.kmatrix_rows`` on any device, plain torch ops that
-    # torch.func can transform.  Same matrix, same gradient.
-    _, vjp = torch.func.vjp(lambda t: _dense_from_twiddle(t, in_features, out_features, start, stop,
-                                                          increasing_stride, complex_twiddle, real_output,
-                                                          "torch"), twiddle)
+    # brings its own (``kmatrix_rows`` is plain torch ops, which torch.func can transform).
+    _, vjp = torch.func.vjp(lambda t: _dense_from_twiddle(t, out_features, start, stop, increasing_stride,
+                                                          complex_twiddle, real_output), twiddle)
     return vjp(grad)[0].clone(memory_format=torch.contiguous_format)
 
 
@@ -413,34 +385,24 @@ def _kmatrix_dense_bwd(ctx, grad):
 _kmatrix_dense_op.register_autograd(_kmatrix_dense_bwd, setup_context=_kmatrix_dense_setup)
 
 
-def _dense_from_twiddle(twiddle, in_features, out_features, start, stop, increasing_stride, complex_twiddle,
-                        real_output, backend: str = "auto") -> torch.Tensor:
-    """(parts, out, cols) stacked real (and imaginary) parts from a real twiddle tensor (the
-    ``view_as_real`` of a complex one when ``complex_twiddle``)."""
-
-    class _Spec:  # the attributes kmatrix_dense_parts reads
-        pass
-
-    m = _Spec()
-    m.twiddle = torch.view_as_complex(twiddle) if complex_twiddle else twiddle
-    m.in_features, m.out_features, m.increasing_stride, m.real_output = (
-        in_features, out_features, increasing_stride, real_output)
-    m.backend = backend
-    re, im = kmatrix_dense_parts(m, start, stop)
+def _dense_from_twiddle(twiddle, out_features, start, stop, increasing_stride, complex_twiddle, real_output):
+    """The custom op's body: (parts, out, cols) stacked real (and imaginary) parts."""
+    tw = torch.view_as_complex(twiddle) if complex_twiddle else twiddle
+    re, im = _matrix_parts(tw, increasing_stride, out_features, start, stop, real_output)
     return re.unsqueeze(0) if im is None else torch.stack((re, im))
 
 
 def stage_matrix_parts(module: nn.Module, start: int = 0, stop: int | None = None):
-    """``kmatrix_dense_parts`` that stays a single node under torch.compile."""
+    """(real, imaginary or None) parts of columns ``start:stop`` of a K-matrix module's (out_features,
+    in_features) matrix, differentiable w.r.t. its twiddle; a single node under torch.compile."""
     stop = module.in_features if stop is None else stop
-    if not torch.compiler.is_compiling():
-        return kmatrix_dense_parts(module, start, stop)
     tw = upcast(module.twiddle)
-    cplx = tw.is_complex()
     real_output = bool(getattr(module, "real_output", False))
-    out = _kmatrix_dense_op(torch.view_as_real(tw) if cplx else tw, module.in_features, module.out_features,
-                            start, stop, module.increasing_stride, cplx, real_output,
-                            getattr(module, "backend", "auto"))
+    if not torch.compiler.is_compiling():
+        return _matrix_parts(tw, module.increasing_stride, module.out_features, start, stop, real_output)
+    cplx = tw.is_complex()
+    out = _kmatrix_dense_op(torch.view_as_real(tw) if cplx else tw, module.out_features, start, stop,
+                            module.increasing_stride, cplx, real_output)
     return out[0], (out[1] if out.shape[0] == 2 else None)
 
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from kfrontend._contract import ModuleContract, refuse_tracing, upcast
+from kfrontend.cpu import kmatrix_rows
 from kfrontend.functional import (
     BACKENDS,
     kmatrix_multiply,
@@ -226,8 +227,7 @@ class Butterfly(ModuleContract, nn.Module):
     def to_dense(self) -> torch.Tensor:
         """The exact (out_features, in_features) matrix W: ``forward(x) == x @ W.T + bias``."""
         tw = self._twiddle_for_compute()
-        eye = torch.eye(self.in_features, dtype=tw.dtype, device=tw.device)
-        w = kmatrix_multiply(eye, tw, self.out_features, self.increasing_stride, "torch")
+        w = kmatrix_rows(tw, self.increasing_stride, self.out_features, 0, self.in_features)
         if self.real_output and w.is_complex():
             w = w.real
         return w.transpose(0, 1).contiguous()
