@@ -389,3 +389,61 @@ def test_from_transform_refusals():
     mfcc.amplitude_to_DB.db_multiplier = 0.5
     with pytest.raises(ValueError, match=_exact("AmplitudeToDB with ref != 1 (db_multiplier 0.5) is not supported")):
         KF.from_transform(mfcc)
+
+
+# ------------------------------------------------------------------------------------------------
+# Every numeric argument is checked by name (found by mutation testing)
+# ------------------------------------------------------------------------------------------------
+NAMED = [
+    (KF.from_melspectrogram, "win_length", "x", "win_length must be an integer >= 1, got 'x'"),
+    (KF.from_melspectrogram, "hop_length", 1.5, "hop_length must be an integer >= 1, got 1.5"),
+    (KF.from_melspectrogram, "sample_rate", float("nan"), "sample_rate must be a finite number, got nan"),
+    (KF.from_melspectrogram, "f_min", "0", "f_min must be a finite number, got '0'"),
+    (KF.from_melspectrogram, "f_max", float("inf"), "f_max must be a finite number, got inf"),
+    (KF.from_kaldi_fbank, "sample_frequency", True, "sample_frequency must be a finite number, got True"),
+    (KF.from_kaldi_fbank, "preemphasis_coefficient", None, "preemphasis_coefficient must be a finite number, got None"),
+    (KF.from_kaldi_fbank, "low_freq", float("nan"), "low_freq must be a finite number, got nan"),
+    (KF.from_kaldi_fbank, "high_freq", "8000", "high_freq must be a finite number, got '8000'"),
+    (KF.from_kaldi_fbank, "vtln_warp", None, "vtln_warp must be a finite number, got None"),
+    (KF.from_kaldi_fbank, "vtln_low", None, "vtln_low must be a finite number, got None"),
+    (KF.from_kaldi_fbank, "vtln_high", None, "vtln_high must be a finite number, got None"),
+    (KF.from_kaldi_fbank, "blackman_coeff", None, "blackman_coeff must be a finite number, got None"),
+    (KF.from_kaldi_fbank, "num_mel_bins", 23.0, "num_mel_bins must be an integer >= 1, got 23.0"),
+    (KF.from_librosa_melspectrogram, "sr", None, "sr must be a finite number, got None"),
+    (KF.from_librosa_melspectrogram, "fmin", None, "fmin must be a finite number, got None"),
+    (KF.from_librosa_melspectrogram, "fmax", "8000", "fmax must be a finite number, got '8000'"),
+    (KF.from_librosa_melspectrogram, "win_length", 0, "win_length must be an integer >= 1, got 0"),
+    (KF.from_librosa_melspectrogram, "n_fft", 2.0, "n_fft must be an integer >= 2, got 2.0"),
+]
+
+
+@pytest.mark.parametrize("maker,key,value,msg", NAMED, ids=[f"{m.__name__}-{k}" for m, k, _, _ in NAMED])
+def test_numeric_arguments_are_checked_by_name(maker, key, value, msg):
+    if maker is KF.from_librosa_melspectrogram:
+        pytest.importorskip("librosa")
+    with pytest.raises(ValueError, match=_exact(msg)):
+        maker(**{key: value})
+
+
+def test_kaldi_window_rounding_and_tiny_sizes():
+    """Rounding up to a power of two at its edges (257 and 511 samples -> 512), and the smallest
+    window sizes: 2 samples pass the size check and fail on the filters instead."""
+    for ms, size in ((16.0625, 257), (31.9375, 511), (32.0, 512)):
+        fe = KF.from_kaldi_fbank(frame_length=ms, num_mel_bins=23)
+        _, _, want_size, padded = kaldi._get_waveform_and_window_properties(
+            torch.zeros(1, 1000), -1, 16000.0, 10.0, ms, True, 0.97)
+        assert (fe.win_length, fe.n_fft) == (want_size, padded) == (size, 512)
+    with pytest.raises(ValueError, match=r"^num_mel_bins \(23\) is too large for n_fft: more filters than the 2 "):
+        KF.from_kaldi_fbank(frame_length=0.125)  # 2 samples
+    with pytest.raises(ValueError, match=_exact("frame_shift (10.0 ms) gives 0 samples; must be >= 1")):
+        KF.from_kaldi_fbank(sample_frequency=1.0)  # a positive rate, however low, passes its own check
+
+
+def test_from_transform_names_empty_filters():
+    """A copied filterbank with a filter that covers no bin warns, naming n_mels and the filter."""
+    t = torchaudio.transforms.MelSpectrogram(n_fft=64, n_mels=8)
+    with torch.no_grad():
+        t.mel_scale.fb[:, 3] = 0.0
+    with pytest.warns(UserWarning, match=r"^n_mels \(8\) is too large for n_fft \(n_freqs = 33 bins\) and the "
+                                         r"frequency range: filters \[3\] cover no frequency bin"):
+        KF.from_transform(t)
