@@ -171,6 +171,10 @@ def test_evaluate_row_and_files_in_full(tmp_path, monkeypatch):
     assert (row["split"], row["beam"], row["checkpoint"], row["train_wall_s"], row["ref_phones"]) == (
         "dev", 3, "last.pt", 12.5, 8)
     assert json.loads((exp / "decode_dev_beam3" / "per.json").read_text())["beam"] == 3
+    for _ in range(2):  # beam 2 is a beam search (its own folder); a rerun overwrites in place
+        E.evaluate(exp, "dev", beam=2, device="cpu", data=other)
+    assert json.loads((exp / "decode_dev_beam2" / "per.json").read_text())["beam"] == 2
+    assert json.loads((exp / "decode_test" / "per.json").read_text())["beam"] == 1
 
 
 def test_load_checkpoint_is_weights_only(tmp_path):
