@@ -26,12 +26,12 @@ OUT="$WORK/results"
 declare -A SPEC=(
   # The reference product, its argument checks and dtype rules, and the size helpers (the backend
   # dispatch in butterfly_multiply / kmatrix_multiply is for tests/test_cpu_paths.py, not run here).
-  [functional]="kfrontend/functional.py|tests/test_functional.py|kfrontend.functional.x_is_power_of_two__mutmut_* kfrontend.functional.x_next_power_of_two__mutmut_* kfrontend.functional.x_stride_of__mutmut_* kfrontend.functional.x_block_is_increasing__mutmut_* kfrontend.functional.x_check_butterfly_args__mutmut_* kfrontend.functional.x__compute_dtype__mutmut_* kfrontend.functional.x__output_dtype__mutmut_* kfrontend.functional.x_butterfly_multiply_reference__mutmut_*"
+  [functional]="kfrontend/reference.py|tests/test_functional.py|kfrontend.reference.x_is_power_of_two__mutmut_* kfrontend.reference.x_next_power_of_two__mutmut_* kfrontend.reference.x_stride_of__mutmut_* kfrontend.reference.x_block_is_increasing__mutmut_* kfrontend.reference.x_check_butterfly_args__mutmut_* kfrontend.reference.x_compute_dtype__mutmut_* kfrontend.reference.x_output_dtype__mutmut_* kfrontend.reference.x_butterfly_multiply_reference__mutmut_*"
   [constructions]="kfrontend/constructions.py|tests/test_constructions.py tests/test_transforms.py tests/test_mutation_regressions.py|"
   [features]="kfrontend/features.py|tests/test_features.py tests/test_mutation_regressions.py|"
   # The front end's conversions only (the rest of frontend.py is the module's forward pass):
   # the from_* constructors and the helpers that turn their arguments into a configuration.
-  [frontend]="kfrontend/frontend.py|tests/test_frontend_conversions.py tests/test_mutation_regressions.py|kfrontend.frontend.x__melspec_config__mutmut_* kfrontend.frontend.x__kaldi_config__mutmut_* kfrontend.frontend.x__librosa_config__mutmut_* kfrontend.frontend.x__split_kwargs__mutmut_* kfrontend.frontend.x*from_*__mutmut_*"
+  [frontend]="kfrontend/conversions.py|tests/test_frontend_conversions.py tests/test_mutation_regressions.py|kfrontend.conversions.x__melspec_config__mutmut_* kfrontend.conversions.x__kaldi_config__mutmut_* kfrontend.conversions.x__librosa_config__mutmut_* kfrontend.conversions.x__split_kwargs__mutmut_* kfrontend.conversions.x_*_config__mutmut_*"
   [phones]="recipes/timit/phones.py|tests/test_timit_phones.py|"
   [evaluate]="recipes/timit/evaluate.py|tests/test_mutation_regressions.py tests/test_timit_evaluate.py|"
   # The CTC decoders (greedy, prefix beam search) of the recipe's model.
