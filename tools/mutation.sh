@@ -39,44 +39,47 @@ declare -A SPEC=(
 )
 ORDER=(functional constructions features frontend phones evaluate decoder)
 
-mkdir -p "$OUT"
-"$PY" -c 'import mutmut, sys; v = tuple(int(p) for p in mutmut.__version__.split(".")[:2]); sys.exit(v < (3, 8))' 2>/dev/null \
-  || { echo "needs mutmut >= 3.8 for $PY: pip install 'mutmut>=3.8'" >&2; exit 2; }
+# The whole run is one function, parsed before it starts: editing this file during a run (for the
+# next one) cannot change the run under way.
+main() {
+  mkdir -p "$OUT"
+  "$PY" -c 'import mutmut, sys; v = tuple(int(p) for p in mutmut.__version__.split(".")[:2]); sys.exit(v < (3, 8))' 2>/dev/null \
+    || { echo "needs mutmut >= 3.8 for $PY: pip install 'mutmut>=3.8'" >&2; exit 2; }
 
-for module in "${@:-${ORDER[@]}}"; do
-  [[ -n "${SPEC[$module]:-}" ]] || { echo "unknown module $module (one of: ${ORDER[*]})" >&2; exit 2; }
-  IFS='|' read -r file tests names <<< "${SPEC[$module]}"
-  dir="$WORK/$module"
-  rm -rf "$dir"
-  mkdir -p "$dir"
-  if [[ "${MUTATION_SOURCE:-HEAD}" == worktree ]]; then
-    (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard | xargs -0 tar -c 2>/dev/null) | tar -x -C "$dir"
-  else
-    git -C "$ROOT" archive HEAD | tar -x -C "$dir"
-  fi
-  {
-    echo "[mutmut]"
-    echo "source_paths ="
-    echo "    kfrontend/"
-    echo "    recipes/"
-    echo "only_mutate = $file"
-    echo "pytest_add_cli_args_test_selection ="
-    for t in $tests; do echo "    $t"; done
-    echo "pytest_add_cli_args ="
-    echo "    -p"
-    echo "    no:cacheprovider"
-    # the git-based change detection and dependency cache are for incremental runs in a project;
-    # each run here starts from a fresh copy
-    echo "use_git_change_detection = false"
-  } > "$dir/setup.cfg"
-  echo "== $module: mutating $file against $tests"
-  start=$(date +%s)
-  # shellcheck disable=SC2086
-  (cd "$dir" && OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 10 "$PY" -m mutmut run --max-children "$JOBS" $names \
-      > "$OUT/$module.log" 2>&1) || echo "   mutmut exited $? (see $OUT/$module.log)"
-  # One process for the report (mutmut show per mutant costs a second or two each): every mutant's
-  # status in <module>.all, the ones not killed in <module>.txt with their diffs in <module>.diff.
-  (cd "$dir" && "$PY" - "$OUT/$module" <<'PYEOF'
+  for module in "${@:-${ORDER[@]}}"; do
+    [[ -n "${SPEC[$module]:-}" ]] || { echo "unknown module $module (one of: ${ORDER[*]})" >&2; exit 2; }
+    IFS='|' read -r file tests names <<< "${SPEC[$module]}"
+    dir="$WORK/$module"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    if [[ "${MUTATION_SOURCE:-HEAD}" == worktree ]]; then
+      (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard | xargs -0 tar -c 2>/dev/null) | tar -x -C "$dir"
+    else
+      git -C "$ROOT" archive HEAD | tar -x -C "$dir"
+    fi
+    {
+      echo "[mutmut]"
+      echo "source_paths ="
+      echo "    kfrontend/"
+      echo "    recipes/"
+      echo "only_mutate = $file"
+      echo "pytest_add_cli_args_test_selection ="
+      for t in $tests; do echo "    $t"; done
+      echo "pytest_add_cli_args ="
+      echo "    -p"
+      echo "    no:cacheprovider"
+      # the git-based change detection and dependency cache are for incremental runs in a project;
+      # each run here starts from a fresh copy
+      echo "use_git_change_detection = false"
+    } > "$dir/setup.cfg"
+    echo "== $module: mutating $file against $tests"
+    start=$(date +%s)
+    # shellcheck disable=SC2086
+    (cd "$dir" && OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 10 "$PY" -m mutmut run --max-children "$JOBS" $names \
+        > "$OUT/$module.log" 2>&1) || echo "   mutmut exited $? (see $OUT/$module.log)"
+    # One process for the report (mutmut show per mutant costs a second or two each): every mutant's
+    # status in <module>.all, the ones not killed in <module>.txt with their diffs in <module>.diff.
+    (cd "$dir" && "$PY" - "$OUT/$module" <<'PYEOF'
 import sys
 from mutmut.__main__ import (SourceFileMutationData, get_diff_for_mutant, status_by_exit_code,
                              walk_mutatable_files)
@@ -96,7 +99,11 @@ with open(out + ".all", "w") as fa, open(out + ".txt", "w") as ft, open(out + ".
                 ft.write(f"{name}: {status}\n")
                 fd.write(f"# {name}: {status}\n{get_diff_for_mutant(name, path=path)}\n")
 PYEOF
-  ) || echo "   report failed"
-  echo "   $(( $(date +%s) - start )) s; $(tail -c 400 "$OUT/$module.log" | tr '\r' '\n' | grep -E '[0-9]+/[0-9]+' | tail -1)"
-  echo "   not killed: $(grep -c . "$OUT/$module.txt" || true) (list: $OUT/$module.txt, diffs: $OUT/$module.diff)"
-done
+    ) || echo "   report failed"
+    echo "   $(( $(date +%s) - start )) s; $(tail -c 400 "$OUT/$module.log" | tr '\r' '\n' | grep -E '[0-9]+/[0-9]+' | tail -1)"
+    echo "   not killed: $(grep -c . "$OUT/$module.txt" || true) (list: $OUT/$module.txt, diffs: $OUT/$module.diff)"
+  done
+}
+
+main "$@"
+exit
