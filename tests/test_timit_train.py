@@ -55,6 +55,23 @@ def _cli(args, extra_env=None, module=("-m", "recipes.timit")):
                           text=True, timeout=300)
 
 
+# The recipe's CLI in a process that dies like a killed one (os._exit: no cleanup, no checkpoint)
+# right after it logs step 7 (log_every_steps=1; step 7 is no checkpoint step).
+_KILLED_AFTER_STEP_7 = """
+import os, sys
+from recipes.timit import utils
+add = utils.CsvLog.add
+def add_then_die(self, row):
+    add(self, row)
+    if self.path.name == "train_log.csv" and int(row["step"]) == 7:
+        sys.stdout.flush()
+        os._exit(86)
+utils.CsvLog.add = add_then_die
+from recipes.timit.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def _overrides(**kw):
     return [f"{k}={json.dumps(v)}" for k, v in dict(TINY, **kw).items()]
 
@@ -86,8 +103,8 @@ def test_kill_and_resume_is_exact(data, tmp_path):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     train(data, ref, _cfg(max_steps=9), progress=False)
     # killed (os._exit, no cleanup) after step 7; the last checkpoint is from step 6
-    r = _cli(["train", "--data", str(data), "--exp", str(killed), "--max-steps", "9",
-              *_overrides(kill_after_steps=7)])
+    r = _cli(["train", "--data", str(data), "--exp", str(killed), "--max-steps", "9", *_overrides()],
+             module=("-c", _KILLED_AFTER_STEP_7))
     assert r.returncode == 86, r.stderr[-2000:]
     assert _state(killed)["step"] == 6 and len(_log(killed)) == 7
     train(data, killed, _cfg(max_steps=9), progress=False)

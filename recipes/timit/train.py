@@ -13,12 +13,9 @@ checkpoint was taken, as if uninterrupted.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
-import os
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -30,11 +27,14 @@ from recipes.timit.data import Utterances, collate, epoch_batches, feasible, sha
 from recipes.timit.evaluate import decode_rows, load_checkpoint, score
 from recipes.timit.model import FRONTENDS, LEARNABLE, Recognizer
 from recipes.timit.prepare import load_manifest
+from recipes.timit.utils import CsvLog, Dist, Schedule, atomic_save, plot_curves, rng_state, set_rng_state  # noqa: F401
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 # keys that may change when a run is resumed (they do not change the computation)
-RESUMABLE_CHANGES = {"max_steps", "kill_after_steps", "log_every_steps", "num_workers", "tensorboard",
+RESUMABLE_CHANGES = {"max_steps", "log_every_steps", "num_workers", "tensorboard",
                      "eval_batch_size", "save_every_steps", "cpu_threads"}
+# keys the recipe no longer has: ignored in config files and in the configuration of a run resumed
+RETIRED_KEYS = {"kill_after_steps"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -49,7 +49,7 @@ def load_config(name_or_path: str = "small", overrides: list[str] | dict | None 
     if not path.exists():
         raise FileNotFoundError(f"config {name_or_path!r}: neither a named config "
                                 f"({', '.join(p.stem for p in CONFIG_DIR.glob('*.json'))}) nor a file")
-    cfg = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+    cfg = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_") and k not in RETIRED_KEYS}
     base = {k: v for k, v in json.loads((CONFIG_DIR / "small.json").read_text()).items()
             if not k.startswith("_")}
     unknown = set(cfg) - set(base)
@@ -83,9 +83,8 @@ def validate_config(cfg: dict) -> None:
     for k in ("hidden", "layers", "batch_size", "epochs", "subsample", "n_mels", "n_fft", "hop_length"):
         if not isinstance(cfg[k], int) or isinstance(cfg[k], bool) or cfg[k] < 1:
             raise ValueError(f"{k} must be a positive integer, got {cfg[k]!r}")
-    for k in ("max_steps", "kill_after_steps"):
-        if cfg[k] is not None and (not isinstance(cfg[k], int) or cfg[k] < 1):
-            raise ValueError(f"{k} must be null or a positive integer, got {cfg[k]!r}")
+    if cfg["max_steps"] is not None and (not isinstance(cfg["max_steps"], int) or cfg["max_steps"] < 1):
+        raise ValueError(f"max_steps must be null or a positive integer, got {cfg['max_steps']!r}")
     if not (isinstance(cfg["lr"], (int, float)) and cfg["lr"] > 0):
         raise ValueError(f"lr must be > 0, got {cfg['lr']!r}")
     if cfg["frontend_lr"] is not None and not (isinstance(cfg["frontend_lr"], (int, float)) and cfg["frontend_lr"] > 0):
@@ -93,179 +92,6 @@ def validate_config(cfg: dict) -> None:
     for k in ("weight_decay", "frontend_weight_decay"):
         if not (isinstance(cfg[k], (int, float)) and cfg[k] >= 0):
             raise ValueError(f"{k} must be >= 0, got {cfg[k]!r}")
-
-
-# ----------------------------------------------------------------------------------------------
-# learning-rate schedule (own class: a few lines, exact state for resume)
-
-class Schedule:
-    """lr = base_lr x warmup(step) x (cosine(step) | plateau scale | 1). ``base_lr`` lives in each
-    optimiser param group, so groups (front end / recognizer) keep their own rates."""
-
-    def __init__(self, optimizer, cfg: dict, total_steps: int):
-        self.opt, self.kind, self.total = optimizer, cfg["schedule"], max(1, total_steps)
-        self.warmup, self.min_ratio = cfg["warmup_steps"], cfg["min_lr_ratio"]
-        self.factor, self.patience = cfg["plateau_factor"], cfg["plateau_patience"]
-        self.scale, self.best, self.bad = 1.0, math.inf, 0
-
-    def set_step(self, step: int) -> float:
-        w = min(1.0, (step + 1) / self.warmup) if self.warmup else 1.0
-        if self.kind == "cosine":
-            t = min(step, self.total) / self.total
-            m = self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-        else:
-            m = self.scale
-        for g in self.opt.param_groups:
-            g["lr"] = g["base_lr"] * w * m
-        return w * m
-
-    def on_eval(self, metric: float) -> None:
-        if self.kind != "plateau" or not math.isfinite(metric):
-            return
-        if metric < self.best - 1e-9:
-            self.best, self.bad = metric, 0
-        else:
-            self.bad += 1
-            if self.bad >= self.patience:
-                self.scale *= self.factor
-                self.bad = 0
-
-    def state_dict(self):
-        return {"scale": self.scale, "best": self.best, "bad": self.bad, "total": self.total}
-
-    def load_state_dict(self, s):
-        self.scale, self.best, self.bad, self.total = s["scale"], s["best"], s["bad"], s["total"]
-
-
-# ----------------------------------------------------------------------------------------------
-# processes
-
-class Dist:
-    def __init__(self):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.on = self.world > 1
-
-    def init(self, device_kind: str):
-        if self.on and not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("nccl" if device_kind == "cuda" else "gloo")
-
-    def barrier(self):
-        if self.on:
-            torch.distributed.barrier()
-
-    def all_min(self, flag: bool, device) -> bool:
-        if not self.on:
-            return flag
-        t = torch.tensor([1 if flag else 0], device=device)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
-        return bool(t.item())
-
-    def all_sum(self, value: float, device) -> float:
-        if not self.on:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=device)
-        torch.distributed.all_reduce(t)
-        return float(t.item())
-
-    def gather(self, obj):
-        if not self.on:
-            return [obj]
-        out = [None] * self.world
-        torch.distributed.all_gather_object(out, obj)
-        return out
-
-    def broadcast(self, obj):
-        if not self.on:
-            return obj
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-
-
-def rng_state() -> dict:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    # numpy's key array as a plain list: checkpoints load with weights_only=True
-    s = {"python": random.getstate(), "numpy": (name, keys.tolist(), pos, has_gauss, cached),
-         "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        s["cuda"] = torch.cuda.get_rng_state_all()
-    return s
-
-
-def set_rng_state(s: dict) -> None:
-    random.setstate(s["python"])
-    name, keys, pos, has_gauss, cached = s["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(s["torch"])
-    if "cuda" in s and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
-def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same directory, fsync, rename over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-# ----------------------------------------------------------------------------------------------
-# logs and curves
-
-class CsvLog:
-    def __init__(self, path: Path, fields: list[str], keep_until_step: int | None):
-        self.path, self.fields = path, fields
-        rows = []
-        if path.exists() and keep_until_step is not None:
-            with open(path) as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until_step]
-        with open(path, "w", newline="") as f:  # a resumed run drops rows logged after its checkpoint
-            w = csv.DictWriter(f, fields)
-            w.writeheader()
-            w.writerows(rows)
-
-    def add(self, row: dict) -> None:
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, self.fields).writerow(row)
-
-
-def plot_curves(exp: Path) -> Path | None:
-    """curves.png: training loss (per phone) and dev PER against steps."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def read(name):
-        p = exp / name
-        if not p.exists():
-            return []
-        with open(p) as f:
-            return list(csv.DictReader(f))
-
-    tr, dv = read("train_log.csv"), read("dev_log.csv")
-    if not tr and not dv:
-        return None
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-    if tr:
-        ax[0].plot([int(r["step"]) for r in tr], [float(r["loss"]) for r in tr], lw=1, label="train")
-    if dv:
-        ax[0].plot([int(r["step"]) for r in dv], [float(r["dev_loss"]) for r in dv], "o-", lw=1, label="dev")
-        ax[1].plot([int(r["step"]) for r in dv], [float(r["dev_per"]) for r in dv], "o-", lw=1)
-    ax[0].set(xlabel="step", ylabel="CTC loss per phone", title=exp.name, yscale="log")
-    ax[0].legend()
-    ax[1].set(xlabel="step", ylabel="dev PER % (39 phones)", title="dev PER")
-    for a in ax:
-        a.grid(alpha=0.3)
-    fig.tight_layout()
-    out = exp / "curves.png"
-    fig.savefig(out.with_name("curves.tmp.png"), dpi=100)
-    plt.close(fig)
-    os.replace(out.with_name("curves.tmp.png"), out)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -338,7 +164,7 @@ def _train(data, exp, cfg: dict, *, progress: bool) -> dict:
     if (exp / "last.pt").exists():
         ckpt = load_checkpoint(exp / "last.pt")
         old = ckpt["config"]
-        diff = {k for k in set(old) | set(cfg) if old.get(k) != cfg.get(k)} - RESUMABLE_CHANGES
+        diff = {k for k in set(old) | set(cfg) if old.get(k) != cfg.get(k)} - RESUMABLE_CHANGES - RETIRED_KEYS
         if diff:
             raise ValueError(f"{exp} holds a run with a different configuration ({', '.join(sorted(diff))}: "
                              + ", ".join(f"{k}={old.get(k)!r} there, {cfg.get(k)!r} now" for k in sorted(diff))
@@ -527,10 +353,6 @@ def _train(data, exp, cfg: dict, *, progress: bool) -> dict:
                     f"{state['step']}; lower lr / frontend_lr, check the data, or resume from {checkpoint_note}")
             if cfg["save_every_steps"] and state["step"] % cfg["save_every_steps"] == 0:
                 checkpoint()
-            if cfg["kill_after_steps"] and state["step"] == cfg["kill_after_steps"]:
-                # testing aid: die like a killed process (no cleanup, no checkpoint)
-                sys.stdout.flush()
-                os._exit(86)
         if state["batch_in_epoch"] >= len(batches):
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
