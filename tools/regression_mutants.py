@@ -19,8 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 R = "tests/test_mutation_regressions.py::"
 
-# name: (file, original text, mutated text, tests that must fail).  The original text may be a tuple
-# of spellings (the code is being refactored under these tests); the one present is mutated.
+# name: (file, original text, mutated text, tests that must fail).  The file may be a tuple of
+# candidate paths and the original text a tuple of spellings (the code is being refactored under
+# these tests): the first file holding one of them is mutated, at the spelling present.
 MUTANTS = {
     "bluestein-size": ("kfrontend/constructions.py",
                        ("next_power_of_two(n + k_out - 1)", "next_power_of_two(n_out + n_in - 1)"),
@@ -47,12 +48,12 @@ MUTANTS = {
     "complex-init-scale": ("kfrontend/layers.py", "torch.complex(re, im) * math.sqrt(0.25)",
                            "torch.complex(re, im) * math.sqrt(0.5)",
                            [R + "test_complex_randn_init_variance_and_norm"]),
-    "top-db-dropped": ("kfrontend/frontend.py",
+    "top-db-dropped": (("kfrontend/conversions.py", "kfrontend/frontend.py"),
                        'ours.update(log="db", top_db=a2db.top_db, amin=a2db.amin',
                        'ours.update(log="db", amin=a2db.amin',
                        [R + "test_from_transform_mfcc_keeps_top_db_on_a_batch_with_a_quiet_item"]),
     # bf16 arithmetic instead of fp32 for bf16 input (the bf16 test's tolerance must see it)
-    "bf16-arithmetic": ("kfrontend/functional.py", "    return torch.promote_types(xd, twiddle.dtype)",
+    "bf16-arithmetic": (("kfrontend/reference.py", "kfrontend/functional.py"), "    return torch.promote_types(xd, twiddle.dtype)",
                         "    return x.dtype if x.dtype == torch.bfloat16 else torch.promote_types(xd, twiddle.dtype)",
                         ["tests/test_functional.py::test_bf16_input_is_computed_in_fp32_and_returned_in_bf16"]),
 }
@@ -73,6 +74,10 @@ def main(names: list[str]) -> int:
         shutil.copytree(ROOT, base, ignore=IGNORE)
         for name in names or list(MUTANTS):
             path, old, new, tests = MUTANTS[name]
+            spellings = old if isinstance(old, tuple) else (old,)
+            if isinstance(path, tuple):
+                path = next((p for p in path if (base / p).exists()
+                             and any(o in (base / p).read_text() for o in spellings)), path[0])
             src = (base / path).read_text()
             if isinstance(old, tuple):
                 k = next((i for i, o in enumerate(old) if o in src), 0)
