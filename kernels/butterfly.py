@@ -1,6 +1,6 @@
 """Fused Triton kernels for butterfly products, their backward, and the ``torch.library`` op.
 
-Design (the facts behind it are in BACKGROUND.md section 3):
+Design (where it sits in the package: docs/DESIGN.md; its GPU figures: docs/BENCHMARKS.md, GPU):
 
 * **Coefficients per position, in tile order.**  The factor ``(b, f)`` of stride ``S`` maps
   ``y_p = d_p x_p + o_p x_{p^S}`` with ``d_p = t[j, bit, bit]`` and ``o_p = t[j, bit, 1-bit]``

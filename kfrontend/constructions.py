@@ -2,7 +2,7 @@
 
 Every function returns a :class:`kfrontend.Butterfly` whose product of butterfly factors *is* the
 named transform (float64 error ~1e-15), so a learnable stage can start exactly where the hand-picked
-one is.  Building blocks (BACKGROUND.md section 2):
+one is.  Building blocks (their costs: docs/CONSTRUCTIONS.md):
 
 * Radix-2 FFT: decimation in frequency (DIF) is a decreasing-stride butterfly taking natural order to
   bit-reversed order; decimation in time (DIT) is an increasing-stride butterfly taking bit-reversed

@@ -1,19 +1,20 @@
 """Fast CPU paths for butterfly and K-matrix products (the ``"blocked"`` and ``"dense"`` backends).
 
-Stage-by-stage PyTorch ops stream the whole batch through memory once per factor (BACKGROUND.md
-section 3: ~17x slower than torchaudio's MelSpectrogram).  Here the ``log2 N`` index bits are split
-into a low group ``[0, s)`` and a high group ``[s, log2 N)``.  Every maximal run of consecutive
-factors (across block boundaries: ``B B*`` ends and starts on the same bits) that touches only one
-group is multiplied out into ``N / K`` dense ``K x K`` matrices (``K = 2**s`` or ``2**(log2 N - s)``,
-one per value of the other group's bits), built from the twiddles with autograd, so gradients reach
-the twiddles.  A 3-block DFT of size 1024 becomes 4 batched matmuls with 32 x 32 blocks.
+Stage-by-stage PyTorch ops stream the whole batch through memory once per factor, so the reference
+is many times slower than a dense matmul (docs/BENCHMARKS.md, "Figures behind code choices"). Here
+the ``log2 N`` index bits are split into a low group ``[0, s)`` and a high group ``[s, log2 N)``.
+Every maximal run of consecutive factors (across block boundaries: ``B B*`` ends and starts on the
+same bits) that touches only one group is multiplied out into ``N / K`` dense ``K x K`` matrices
+(``K = 2**s`` or ``2**(log2 N - s)``, one per value of the other group's bits), built from the
+twiddles with autograd, so gradients reach the twiddles. A 3-block DFT of size 1024 becomes 4
+batched matmuls with 32 x 32 blocks.
 
 Layout: each chunk of rows is kept transposed, ``(outer group, inner group, rows)``, rows contiguous.
 Either group is then a valid BLAS operand with no copy: the inner one as ``(batch=outer, K, rows)``,
 the outer one as ``(batch=inner, K, rows)`` with row stride ``inner * rows``; a pass on the outer
 group writes ``(inner, outer, rows)``, so groups simply swap places.  Rows are processed in chunks
 that stay in cache, and the chunk height is not a power of two: with power-of-two row strides all K
-rows of a ``(K, rows)`` operand fall into the same cache sets (measured: ~25% slower at N = 1024).
+rows of a ``(K, rows)`` operand fall into the same cache sets (slower; docs/BENCHMARKS.md).
 
 ``"dense"`` multiplies the (in x out) matrix out once per call (the blocked path applied to an
 identity of ``in`` rows) and does one matmul; for real input and complex weights it multiplies by
@@ -56,12 +57,10 @@ __all__ = [
 _CHUNK_ELEMS = 200 * 1024
 
 # Cost model (units: one real multiply-add in a large GEMM), fitted by eye to bench_cpu.py and
-# per-split timings on the 2-core machine of docs/BENCHMARKS.md (noisy: other processes ran).
-# A multiply-add in the small batched GEMMs costs ~1.3 of a large GEMM's; every pass also streams
-# its chunk (transposes, small-op overheads); the blocked backward (recompute, two GEMMs per pass,
-# the copies) measured 3.5-7x its forward, a dense backward 2x; a reference stage costs ~80
-# multiply-adds per complex element (BACKGROUND.md section 3: 3,107 ms for 9 stages at N = 512 and
-# 48k rows against 227 ms for the dense matmul).
+# per-split timings (the figures: docs/BENCHMARKS.md, "Figures behind code choices").  A multiply-add in
+# the small batched GEMMs costs more than a large GEMM's; every pass also streams its chunk
+# (transposes, small-op overheads); a backward costs a multiple of its forward (blocked: recompute,
+# two GEMMs per pass, the copies); a reference stage costs far more per element than a GEMM.
 _BMM_EFF = 1.3
 _PASS_COST = 16.0
 _BWD_BLOCKED = 4.5
@@ -152,9 +151,9 @@ def _group_matrices(tw: torch.Tensor, n: int, stages, a: int, k: int) -> torch.T
     increasing or decreasing order (blocks start at bit 0 or the top bit, runs at a group edge).
     A sweep is built by doubling (``_sweep_doubling``: ~2 N K products in k broadcast multiplies)
     and sweeps are chained by batched matmuls (N K^2 multiply-adds, cheap in BLAS).  Applying the
-    factors one by one to the identity costs k N K products in ~7 k ops; at N = 1024, 2 blocks,
-    doubling measured 1.2-1.5x faster for complex twiddles and about even for real ones (these
-    small strided ops cost more per op than per element).
+    factors one by one to the identity costs k N K products in ~7 k ops; doubling is the faster for
+    complex twiddles and about even for real ones (these small strided ops cost more per op than
+    per element; docs/BENCHMARKS.md).
     """
     kk, ll = 1 << k, 1 << a
     hh = n // (kk * ll)
@@ -387,12 +386,12 @@ def _chunk_rows(n: int) -> int:
 
 
 # Worker threads run single-threaded ops, each on its own chunks: no barrier per op, so a core
-# taken by another process stalls one worker, not every op (measured 2.7x faster with other
-# processes on the 2 cores).  Each Python thread that calls in gets its own pool (sized by its own
-# torch.get_num_threads(); shut down when that thread ends), so concurrent callers never queue
-# behind each other.  torch.set_num_threads(1) runs once in each worker, for that worker; the
-# process default it also writes (what new threads start with) is put back at once by the caller,
-# once per pool.  The caller's own thread count is never changed.
+# taken by another process stalls one worker, not every op (docs/BENCHMARKS.md, CPU). Each Python
+# thread that calls in gets its own pool (sized by its own torch.get_num_threads(); shut down when
+# that thread ends), so concurrent callers never queue behind each other. torch.set_num_threads(1)
+# runs once in each worker, for that worker; the process default it also writes (what new threads
+# start with) is put back at once by the caller, once per pool. The caller's own thread count is
+# never changed.
 _tls = threading.local()
 
 
@@ -428,9 +427,8 @@ def _map_chunks(fn, starts):
 
 def _on_worker(fn):
     """``fn()`` (small ops, no autograd) on a single-threaded worker: with other processes on the
-    cores, a 2-thread op on a few thousand elements waits for a descheduled thread (measured:
-    building the pass matrices at N = 1024 took 400-800 ms forward+backward on 2 threads, 50 ms on
-    one).  Inline when the caller is single-threaded."""
+    cores, a 2-thread op on a few thousand elements waits for a descheduled thread
+    (docs/BENCHMARKS.md, "Figures behind code choices").  Inline when the caller is single-threaded."""
 
     def run(_):
         with torch.no_grad():
@@ -574,7 +572,7 @@ def butterfly_multiply_blocked(x, twiddle, increasing_stride=True, split=None):
 # ----------------------------------------------------------------------------------------------
 # Building the pass matrices (elementwise ops, one per factor on N x K entries) against the matmuls
 # of the later passes, per entry-factor / per multiply-add: fitted to ``kmatrix_rows`` timings of the
-# front end's stages at every split (n_fft 400 / 512, 40-80 mels): the build is 99% of the time.
+# front end's stages at every split (n_fft 400 / 512, 40-80 mels; docs/BENCHMARKS.md).
 _BUILD_PER_ENTRY = 500.0
 
 
