@@ -5,7 +5,7 @@ instance) of a counterpart -- torchaudio's ``MelSpectrogram`` and ``MFCC``, Kald
 ``torchaudio.compliance.kaldi.fbank`` takes it, librosa's ``feature.melspectrogram`` -- with that
 library's defaults, checks them as the counterpart does, and returns the keyword arguments of the
 generic constructor ``KaleidoscopeFrontend(...)``: framing, window, filterbank and DCT matrices.
-:func:`_validate_config` checks the generic constructor's own configuration.
+:func:`validate_config` checks the generic constructor's own configuration.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from kfrontend.stages import STAGES
 
 LOGS = (None, "log", "db")
 
-_CONFIG_KEYS = (
+CONFIG_KEYS = (
     "framing", "sample_rate", "n_fft", "win_length", "hop_length", "center", "pad_mode", "pad",
     "snip_edges", "remove_dc_offset", "preemphasis", "power", "normalized", "log", "log_offset",
     "log_floor", "top_db", "amin", "multiplier", "layout", "use_energy", "energy_floor", "raw_energy",
@@ -75,7 +75,7 @@ def _check_real(v, name: str) -> float:
     return float(v)
 
 
-def _as_tensor(v, name: str) -> torch.Tensor:
+def as_tensor(v, name: str) -> torch.Tensor:
     """A copy of ``v``: the module never shares storage with the caller's tensors (a torchaudio
     module's window / fb / dct_mat), so training cannot change them."""
     t = torch.as_tensor(v)
@@ -84,7 +84,7 @@ def _as_tensor(v, name: str) -> torch.Tensor:
     return t.detach().clone()
 
 
-def _per_stage(value, name: str, typ, default, stages=STAGES) -> dict:
+def per_stage(value, name: str, typ, default, stages=STAGES) -> dict:
     if isinstance(value, dict):
         bad = set(value) - set(stages)
         if bad:
@@ -98,24 +98,24 @@ def _per_stage(value, name: str, typ, default, stages=STAGES) -> dict:
     return out
 
 
-_NOT_A_DCT = "not a DCT"
+NOT_A_DCT = "not a DCT"
 
 
-def _dct_norm(dct: torch.Tensor) -> str | None:
+def dct_norm(dct: torch.Tensor) -> str | None:
     """torchaudio.functional.create_dct's norm of a given (n_mels, n_mfcc) DCT-II matrix, as
     torchaudio computes it in float32 or in float64 (an MFCC made under a float64 default dtype;
-    at 128 mels the float32 one is 7e-6 off the float64 one), or ``_NOT_A_DCT``."""
+    at 128 mels the float32 one is 7e-6 off the float64 one), or ``NOT_A_DCT``."""
     n_mels, n_out = dct.shape
     for norm in ("ortho", None):
         for dtype in (torch.float32, torch.float64):
             ref = create_dct(n_out, n_mels, norm, dtype=dtype).to(torch.float64)
             if torch.allclose(dct.to(torch.float64), ref, rtol=1e-6, atol=1e-6):
                 return norm
-    return _NOT_A_DCT
+    return NOT_A_DCT
 
 
-def _validate_config(a: dict) -> dict:
-    cfg = {k: a[k] for k in _CONFIG_KEYS}
+def validate_config(a: dict) -> dict:
+    cfg = {k: a[k] for k in CONFIG_KEYS}
     n_fft = _check_int(cfg["n_fft"], "n_fft", 2)
     win = _check_int(cfg["win_length"], "win_length", 1)
     _check_int(cfg["hop_length"], "hop_length", 1)

@@ -77,13 +77,13 @@ from torch import nn
 from kfrontend import conversions
 from kfrontend import features as Fe
 from kfrontend._contract import ModuleContract, compute_dtype, refuse_tracing, upcast
-from kfrontend.conversions import _CONFIG_KEYS, _NOT_A_DCT, _as_tensor, _dct_norm, _per_stage, _validate_config
+from kfrontend.conversions import CONFIG_KEYS, NOT_A_DCT, as_tensor, dct_norm, per_stage, validate_config
 from kfrontend.stages import (  # noqa: F401  (re-exported: kfrontend.frontend keeps its public names)
     DEFAULT_STEP_SCALE,
     STAGES,
     LinearStage,
     TwiddleOffset,
-    _complex_of,
+    complex_of,
 )
 
 __all__ = ["KaleidoscopeFrontend", "FixedFrontend", "STAGES", "TwiddleOffset", "LinearStage", "DEFAULT_STEP_SCALE"]
@@ -195,11 +195,11 @@ def _signal_and_energy(fe, waveform: torch.Tensor, lengths, framed: bool):
 # ------------------------------------------------------------------------------------------------
 class _FrontendBase(ModuleContract, nn.Module):
     def _set_config(self, cfg: dict) -> None:
-        for k in _CONFIG_KEYS:
+        for k in CONFIG_KEYS:
             setattr(self, k, cfg[k])
 
     def config(self) -> dict:
-        return {k: getattr(self, k) for k in _CONFIG_KEYS}
+        return {k: getattr(self, k) for k in CONFIG_KEYS}
 
     def _config_state(self) -> dict:
         # What the features depend on beyond the tensors' shapes (frames_op only picks a kernel).
@@ -273,7 +273,7 @@ class KaleidoscopeFrontend(_FrontendBase):
                  width: int | dict = 0, dtype: torch.dtype = torch.float32, path: str = "auto",
                  backend: str = "auto", step_scale: float | None = "default", dct_construction: str = "auto"):
         super().__init__()
-        cfg = _validate_config(locals())
+        cfg = validate_config(locals())
         self._set_config(cfg)
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
@@ -287,20 +287,20 @@ class KaleidoscopeFrontend(_FrontendBase):
         if step_scale == "default":
             step_scale = DEFAULT_STEP_SCALE
         self.step_scale = None if structure == "dense" else step_scale
-        widths = _per_stage(width, "width", int, default=0, stages=("dft", "mel", "dct"))
+        widths = per_stage(width, "width", int, default=0, stages=("dft", "mel", "dct"))
         for k, v in widths.items():
             if v < 0:
                 raise ValueError(f"width[{k!r}] must be >= 0, got {v}")
 
-        window = _as_tensor(window, "window")
-        fb = _as_tensor(fb, "fb")
+        window = as_tensor(window, "window")
+        fb = as_tensor(fb, "fb")
         if window.shape != (win_length,):
             raise ValueError(f"window must have shape (win_length,) = ({win_length},), got {tuple(window.shape)}")
         if fb.dim() != 2 or fb.shape[0] != n_fft // 2 + 1:
             raise ValueError(f"fb must have shape (n_fft // 2 + 1, n_mels) = ({n_fft // 2 + 1}, n_mels), "
                              f"got {tuple(fb.shape)}")
         if dct is not None:
-            dct = _as_tensor(dct, "dct")
+            dct = as_tensor(dct, "dct")
             if dct.dim() != 2 or dct.shape[0] != fb.shape[1]:
                 raise ValueError(f"dct must have shape (n_mels, n_out) = ({fb.shape[1]}, n_out), got {tuple(dct.shape)}")
         self.n_mels = fb.shape[1]
@@ -313,7 +313,7 @@ class KaleidoscopeFrontend(_FrontendBase):
         self.register_buffer("ref_dct", None if dct is None else dct.to(dtype, copy=True), persistent=False)
 
         self.window = nn.Parameter(window.to(dtype).clone())
-        cdtype = _complex_of(dtype)
+        cdtype = complex_of(dtype)
         n = torch.arange(n_fft, dtype=torch.float64)
         k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)
         dft_t = torch.polar(torch.ones(n_fft, k.numel(), dtype=torch.float64),
@@ -334,11 +334,11 @@ class KaleidoscopeFrontend(_FrontendBase):
         if dct is not None:
             if dct_construction not in ("auto", "matrix"):
                 raise ValueError(f"dct_construction must be 'auto' or 'matrix', got {dct_construction!r}")
-            norm = _dct_norm(dct) if dct_construction == "auto" else _NOT_A_DCT
+            norm = dct_norm(dct) if dct_construction == "auto" else NOT_A_DCT
 
             def build_dct():
                 from kfrontend import constructions as C
-                if norm is _NOT_A_DCT:  # reproduce the given values themselves
+                if norm is NOT_A_DCT:  # reproduce the given values themselves
                     return C.matrix(dct.to(dtype), dtype=dtype)
                 return C.dct(dct.shape[0], dct.shape[1], norm=norm, dtype=dtype)
 

@@ -27,7 +27,7 @@ STAGES = ("window", "dft", "mel", "dct")
 DEFAULT_STEP_SCALE = 0.3
 
 
-def _complex_of(dtype: torch.dtype) -> torch.dtype:
+def complex_of(dtype: torch.dtype) -> torch.dtype:
     return {torch.float32: torch.complex64, torch.float64: torch.complex128}[dtype]
 
 
@@ -78,7 +78,7 @@ class LinearStage(nn.Module):
                 raise ValueError(f"width applies to structure='kaleidoscope' only; got width={width} for "
                                  f"the dense {name} stage")
             self.k = None
-            w = target_t.to(_complex_of(dtype) if self.is_complex else dtype)
+            w = target_t.to(complex_of(dtype) if self.is_complex else dtype)
             if self.is_complex:
                 w = torch.cat((w.real, w.imag), dim=-1)
             if init == "random":
