@@ -96,6 +96,13 @@ PATHS = ("auto", "matrix", "kernel")
 # ------------------------------------------------------------------------------------------------
 # The shared pipeline (learnable module and fixed module alike)
 # ------------------------------------------------------------------------------------------------
+def _no_autocast(x: torch.Tensor):
+    """The stages run in their own dtype (fp32 / fp64) even inside a bf16 / fp16 autocast region."""
+    if x.device.type in ("cpu", "cuda", "xpu", "mps"):
+        return torch.autocast(device_type=x.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _signal(fe, x: torch.Tensor, lengths, framed: bool):
     """(padded signal (..., span) or pre-cut frames (..., T, win), n_frames or None)."""
     if framed:
@@ -565,13 +572,3 @@ class FixedFrontend(_FrontendBase):
             out = _post_spectrum(self, spec, upcast(self.mel_weight), dct_w, energy, n_frames)
         out = self._output(out)
         return out if lengths is None else (out, n_frames)
-
-
-# ------------------------------------------------------------------------------------------------
-# Autocast
-# ------------------------------------------------------------------------------------------------
-def _no_autocast(x: torch.Tensor):
-    """The stages run in their own dtype (fp32 / fp64) even inside a bf16 / fp16 autocast region."""
-    if x.device.type in ("cpu", "cuda", "xpu", "mps"):
-        return torch.autocast(device_type=x.device.type, enabled=False)
-    return contextlib.nullcontext()
