@@ -447,3 +447,25 @@ def test_from_transform_names_empty_filters():
     with pytest.warns(UserWarning, match=r"^n_mels \(8\) is too large for n_fft \(n_freqs = 33 bins\) and the "
                                          r"frequency range: filters \[3\] cover no frequency bin"):
         KF.from_transform(t)
+
+
+def test_conversion_details_found_by_mutation_testing():
+    """librosa: our log options pass through, fmax below Nyquist reaches the filters, a tensor
+    window is accepted, unknown keywords name librosa; torchaudio: the default f_max for an odd
+    sample rate is sample_rate // 2; Kaldi: VTLN ranges are only checked when warping."""
+    pytest.importorskip("librosa")
+    import librosa
+
+    fe = KF.from_librosa_melspectrogram(sr=16000, n_fft=256, n_mels=10, log="log", fmax=6000.0,
+                                       window=torch.hann_window(256), dtype=D)
+    assert fe.log == "log"
+    basis = librosa.filters.mel(sr=16000, n_fft=256, n_mels=10, fmax=6000.0, dtype=np.float32)
+    assert torch.equal(fe.ref_fb, torch.from_numpy(basis.T.astype(np.float64)))
+    assert torch.equal(fe.ref_window, torch.hann_window(256).double())
+    with pytest.raises(TypeError, match=r"^unsupported keyword arguments \['bogus'\]: neither "
+                                        r"librosa\.feature\.melspectrogram's nor ours"):
+        KF.from_librosa_melspectrogram(bogus=1)
+    t = torchaudio.transforms.MelSpectrogram(sample_rate=22051, n_fft=64, n_mels=8)
+    fe = KF.from_melspectrogram(sample_rate=22051, n_fft=64, n_mels=8, dtype=D)
+    assert torch.equal(fe.ref_fb, t.mel_scale.fb.to(D))  # f_max = 11025, not 11025.5
+    assert KF.from_kaldi_fbank(vtln_warp=1.0, vtln_low=10.0).framing == "kaldi"  # not warping: not checked
