@@ -1,6 +1,6 @@
 """Exact constructions against independent references (torch.fft, scipy, torchaudio, librosa).
 
-Tolerances (BACKGROUND / issue 2): float64 max error <= 1e-9 relative to the largest entry of the
+Tolerances: float64 max error <= 1e-9 relative to the largest entry of the
 reference, float32 <= 1e-4.
 """
 import numpy as np

@@ -1,6 +1,7 @@
 """Every Triton kernel specialisation the dispatcher can launch compiles for sm_90, on a CPU machine.
 
-The interpreter accepts code the GPU compiler rejects (BACKGROUND.md section 3), so the interpreter
+The interpreter accepts code the GPU compiler rejects (tl.dot with K < 8 or 16, a constexpr reassigned
+inside tl.static_range; it neither emulates TF32 nor always faults out of bounds), so the interpreter
 tests alone prove nothing about the GPU build.  This test runs this file as a script in a
 subprocess with ``TRITON_INTERPRET=0`` (the real ``JITFunction``): it drives the public path
 (forward and backward, every dtype the kernel takes, N = 2 .. 4096, 1-3 blocks, both stride
