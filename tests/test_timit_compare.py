@@ -9,20 +9,15 @@ import torch
 
 pytest.importorskip("espeakng_loader", reason="the synthetic corpus needs espeakng-loader")
 
+from helpers import TINY_RECIPE as TINY, tiny_corpus_data  # noqa: E402
 from recipes.timit.compare import compare, split_overrides  # noqa: E402
-from recipes.timit.prepare import prepare  # noqa: E402
-from recipes.timit.synth import synth_corpus  # noqa: E402
 from recipes.timit.train import load_config  # noqa: E402
-
-TINY = dict(hidden=16, layers=2, dropout=0.2, batch_size=2, lr=5e-3, warmup_steps=0, log_every_steps=1,
-            save_every_steps=3, eval_batch_size=8, epochs=100)
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     base = tmp_path_factory.mktemp("compare")
-    corpus = synth_corpus(base / "corpus", speakers=6, utts_per_speaker=4, seed=5, progress=False)
-    prepare(corpus, base / "data", progress=False)
+    tiny_corpus_data(base)
     cfg = base / "tiny.json"
     cfg.write_text(json.dumps(TINY))
     return base / "data", str(cfg)

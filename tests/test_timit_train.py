@@ -14,23 +14,20 @@ import torch
 
 pytest.importorskip("espeakng_loader", reason="the synthetic corpus needs espeakng-loader")
 
+from helpers import TINY_RECIPE as TINY, tiny_corpus_data  # noqa: E402
 from recipes.timit import model as M  # noqa: E402
 from recipes.timit.data import epoch_batches  # noqa: E402
 from recipes.timit.evaluate import evaluate, table  # noqa: E402
-from recipes.timit.prepare import load_manifest, prepare  # noqa: E402
-from recipes.timit.synth import synth_corpus  # noqa: E402
+from recipes.timit.prepare import load_manifest  # noqa: E402
 from recipes.timit.train import load_config, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(hidden=16, layers=2, dropout=0.2, batch_size=2, lr=5e-3, warmup_steps=0, log_every_steps=1,
-            save_every_steps=3, eval_batch_size=8, epochs=100)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     base = tmp_path_factory.mktemp("timit")
-    corpus = synth_corpus(base / "corpus", speakers=6, utts_per_speaker=4, seed=5, progress=False)
-    prepare(corpus, base / "data", progress=False)
+    tiny_corpus_data(base)
     n = len(load_manifest(base / "data", "train"))
     assert n % TINY["batch_size"] != 1  # every batch splits over 2 processes (DDP test)
     return base / "data"
