@@ -5,7 +5,7 @@ Layouts read (names matched case-insensitively):
 - LDC: ``<root>/{TRAIN,TEST}/DR<n>/<SPEAKER>/<UTT>.{WAV,PHN,WRD,TXT}``, upper or lower case, audio
   NIST SPHERE or RIFF (a ``<UTT>.WAV.wav`` RIFF copy next to the SPHERE file is used only when
   ``<UTT>.WAV`` is absent);
-- flat (the NLTK sample in ``../shared/data/timit-sample``): ``<root>/dr<n>-<speaker>/<utt>.wav``.
+- flat (the TIMIT sample the NLTK project distributed): ``<root>/dr<n>-<speaker>/<utt>.wav``.
 
 SA sentences are left out. Splits:
 
