@@ -422,6 +422,15 @@ def _map_chunks(fn, starts):
     nthreads = torch.get_num_threads()
     if nthreads <= 1:
         return [fn(i) for i in starts]
+    if torch.is_inference_mode_enabled():
+        # Inference mode is thread-local and workers do not inherit it: a worker writing into a
+        # buffer the caller made under inference_mode would be an in-place update of an inference
+        # tensor outside inference mode (an error), so the workers enter it too.
+        inner = fn
+
+        def fn(i):
+            with torch.inference_mode():
+                return inner(i)
     return list(_thread_pool(nthreads).executor.map(fn, starts))
 
 

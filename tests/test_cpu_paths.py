@@ -258,3 +258,25 @@ def test_bad_arguments():
         kmatrix_multiply(torch.randn(2, 8, dtype=torch.float64), tw[None], 8, backend="fast")
     with pytest.raises(ValueError, match="twiddle"):
         kmatrix_multiply(torch.randn(2, 8), tw[None, :, :2], 8, backend="blocked")
+
+
+def test_worker_threads_follow_the_callers_inference_mode():
+    """The CPU paths' worker threads do not inherit inference mode (thread-local): under
+    inference_mode their writes into the caller's buffers were in-place updates of inference tensors
+    from outside inference mode (a RuntimeError on 2 threads, CI's default; hidden on 1)."""
+    from kfrontend import Butterfly
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        m = Butterfly(64, 64)
+        x = torch.randn(4096, 64, generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            y = m(x)
+        xr = x.clone().requires_grad_()
+        ref = m(xr)
+        ref.pow(2).mean().backward()
+        torch.testing.assert_close(y, ref.detach(), rtol=1e-5, atol=1e-6)  # float32 products
+        assert xr.grad is not None and torch.isfinite(xr.grad).all()
+    finally:
+        torch.set_num_threads(old)
