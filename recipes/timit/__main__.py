@@ -100,27 +100,20 @@ def _demo(a):
     print()
     print(runs_table(rows))
     text = "PER % on the 39-phone set, greedy decoding, best-dev checkpoint.\n\n" + runs_table(rows) + "\n"
-    tmp = work / "results.md.tmp"
-    tmp.write_text(text)
-    tmp.replace(work / "results.md")
+    from recipes.timit.utils import write_text_atomic
+    write_text_atomic(work / "results.md", text)
     _combined_curves(work / "exp", [fe for fe in a.frontends.split(",")])
     print(f"\ncurves: {work / 'exp'}/<front end>/curves.png and {work / 'curves.png'}; "
           f"per-utterance hypotheses: {work / 'exp'}/<front end>/decode_test/hyp.txt")
 
 
 def _combined_curves(exp_root: Path, names: list[str]):
-    import csv
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    from recipes.timit.utils import pyplot, read_log, save_figure
+    fig, ax = pyplot().subplots(1, 2, figsize=(10, 3.6))
     for name in names:
         for i, (fname, key) in enumerate((("train_log.csv", "loss"), ("dev_log.csv", "dev_per"))):
-            p = exp_root / name / fname
-            if p.exists():
-                with open(p) as f:
-                    r = list(csv.DictReader(f))
+            r = read_log(exp_root / name, fname)
+            if r:
                 ax[i].plot([int(x["step"]) for x in r], [float(x[key]) for x in r], lw=1, label=name)
     ax[0].set(xlabel="step", ylabel="train CTC loss per phone", yscale="log")
     ax[1].set(xlabel="step", ylabel="dev PER % (39 phones)")
@@ -128,8 +121,7 @@ def _combined_curves(exp_root: Path, names: list[str]):
         a.grid(alpha=0.3)
         a.legend()
     fig.tight_layout()
-    fig.savefig(exp_root.parent / "curves.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, exp_root.parent / "curves.png")
 
 
 def _degradation_args(s):

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from recipes.timit.model import FRONTENDS
+from recipes.timit.utils import write_text_atomic
 
 
 def parse_list(text: str, name: str, conv=str) -> list:
@@ -83,7 +84,7 @@ def run_one(data, exp, cfg: dict, *, progress: bool = True) -> dict:
            "test_per": test["per"], "test_sub": test["sub"], "test_del": test["del"], "test_ins": test["ins"],
            "test_ref_phones": test["ref_phones"], "steps": summary["steps"], "best_step": summary["best_step"],
            "ckpt_step": test["step"], "params": test["params"], "train_wall_s": summary["wall_s"]}
-    _write_atomic(done, json.dumps(row, indent=1))
+    write_text_atomic(done, json.dumps(row, indent=1))
     return row
 
 
@@ -173,9 +174,8 @@ def runs_table(rows: list[dict]) -> str:
 
 def plot(summary: dict, path: Path) -> Path:
     """Per-seed dev and test PER per front end (dots, labelled by seed), mean ± sample std (bars)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from recipes.timit.utils import pyplot, save_figure
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(3.0 + 2.0 * len(summary), 3.8), sharey=True)
     for ax, split in zip(axes, ("dev", "test")):
         for i, (fe, s) in enumerate(summary.items()):
@@ -192,17 +192,7 @@ def plot(summary: dict, path: Path) -> Path:
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle("PER per seed (dots, seed number beside); bar: mean ± sample std", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + f".tmp{os.getpid()}" + path.suffix)
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    return save_figure(fig, path)
 
 
 def write_report(work: Path, runs: list[tuple], settings: dict) -> dict:
@@ -219,8 +209,8 @@ def write_report(work: Path, runs: list[tuple], settings: dict) -> dict:
           f"Settings: `{json.dumps(settings)}`", "", summary_table(summary), "", "## Runs", "", runs_table(rows)]
     if missing:
         md += ["", f"Not finished yet ({len(missing)}): {', '.join(missing)}"]
-    _write_atomic(work / "compare.md", "\n".join(md) + "\n")
-    _write_atomic(work / "compare.json", json.dumps({"settings": settings, "summary": summary, "runs": rows,
+    write_text_atomic(work / "compare.md", "\n".join(md) + "\n")
+    write_text_atomic(work / "compare.json", json.dumps({"settings": settings, "summary": summary, "runs": rows,
                                                      "missing": missing}, indent=1))
     if rows:
         plot(summary, work / "compare.png")

@@ -152,20 +152,43 @@ class CsvLog:
             csv.DictWriter(f, self.fields).writerow(row)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: never half a file."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (a clear error naming the extra if missing)."""
+    from kfrontend._optional import require
+
+    require("matplotlib").use("Agg")
+    return require("matplotlib.pyplot")
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Write ``fig`` to ``path`` atomically (a reader never sees half a PNG) and close it."""
+    tmp = path.with_name(path.stem + f".tmp{os.getpid()}" + path.suffix)
+    fig.savefig(tmp, dpi=100)
+    pyplot().close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def read_log(exp: Path, name: str) -> list[dict]:
+    """Rows of a run's CSV log (``train_log.csv`` / ``dev_log.csv``); none if it is not there yet."""
+    p = exp / name
+    if not p.exists():
+        return []
+    with open(p) as f:
+        return list(csv.DictReader(f))
+
+
 def plot_curves(exp: Path) -> Path | None:
     """curves.png: training loss (per phone) and dev PER against steps."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def read(name):
-        p = exp / name
-        if not p.exists():
-            return []
-        with open(p) as f:
-            return list(csv.DictReader(f))
-
-    tr, dv = read("train_log.csv"), read("dev_log.csv")
+    plt = pyplot()
+    tr, dv = read_log(exp, "train_log.csv"), read_log(exp, "dev_log.csv")
     if not tr and not dv:
         return None
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -180,8 +203,4 @@ def plot_curves(exp: Path) -> Path | None:
     for a in ax:
         a.grid(alpha=0.3)
     fig.tight_layout()
-    out = exp / "curves.png"
-    fig.savefig(out.with_name("curves.tmp.png"), dpi=100)
-    plt.close(fig)
-    os.replace(out.with_name("curves.tmp.png"), out)
-    return out
+    return save_figure(fig, exp / "curves.png")
