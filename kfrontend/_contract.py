@@ -7,8 +7,9 @@ import json
 
 import torch
 
+from kfrontend.reference import COMPLEX_OF as _REAL_TO_COMPLEX
+
 HALF = (torch.float16, torch.bfloat16)
-_REAL_TO_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
 def upcast(t: torch.Tensor) -> torch.Tensor:

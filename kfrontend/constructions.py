@@ -29,6 +29,7 @@ import torch
 
 from kfrontend.functional import is_power_of_two, next_power_of_two
 from kfrontend.layers import Butterfly
+from kfrontend.reference import COMPLEX_OF, REAL_OF
 
 __all__ = [
     "dft",
@@ -48,8 +49,8 @@ __all__ = [
     "cost_table",
 ]
 
-_CDTYPES = {torch.complex64: torch.float32, torch.complex128: torch.float64}
-_RDTYPES = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+_CDTYPES = REAL_OF
+_RDTYPES = COMPLEX_OF
 
 
 # ----------------------------------------------------------------------------------------------

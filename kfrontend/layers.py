@@ -8,6 +8,7 @@ from torch import nn
 
 from kfrontend._contract import ModuleContract, refuse_tracing, upcast
 from kfrontend.cpu import kmatrix_rows
+from kfrontend.reference import COMPLEX_OF
 from kfrontend.functional import (
     BACKENDS,
     kmatrix_multiply,
@@ -39,7 +40,7 @@ def twiddle_init(shape, init: str, complex: bool, dtype=torch.float32, generator
     """
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    cdtype = {torch.float32: torch.complex64, torch.float64: torch.complex128}[dtype]
+    cdtype = COMPLEX_OF[dtype]
     if init == "identity":
         t = torch.zeros(shape, dtype=dtype)
         t[..., 0, 0] = 1

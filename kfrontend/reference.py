@@ -31,7 +31,13 @@ __all__ = [
     "output_dtype",
     "butterfly_multiply_reference",
     "transposed_twiddle",
+    "COMPLEX_OF",
+    "REAL_OF",
 ]
+
+# The complex dtype that pairs with each real one, and back (twiddles, DFT stages, dtype moves).
+COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+REAL_OF = {c: r for r, c in COMPLEX_OF.items()}
 
 _FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _COMPLEX = (torch.complex64, torch.complex128)

@@ -17,6 +17,7 @@ from torch.nn.utils import parametrize
 
 from kfrontend._contract import compute_dtype, in_functorch, upcast
 from kfrontend.cpu import kmatrix_rows
+from kfrontend.reference import COMPLEX_OF
 
 __all__ = ["LinearStage", "TwiddleOffset", "stage_matrix_parts", "STAGES", "DEFAULT_STEP_SCALE"]
 
@@ -28,7 +29,7 @@ DEFAULT_STEP_SCALE = 0.3
 
 
 def complex_of(dtype: torch.dtype) -> torch.dtype:
-    return {torch.float32: torch.complex64, torch.float64: torch.complex128}[dtype]
+    return COMPLEX_OF[dtype]
 
 
 class LinearStage(nn.Module):
