@@ -104,7 +104,8 @@ class Butterfly(ModuleContract, nn.Module):
     A drop-in for ``nn.Linear(in_features, out_features)`` with O(N log N) parameters and cost.
 
     ``twiddle`` (nstacks, nblocks, log2 N, N/2, 2, 2) is the only weight; pass ``twiddle=`` to build
-    a layer from an exact construction.
+    a layer from an exact construction.  ``nblocks`` defaults to the twiddle's number of blocks (1
+    without a twiddle); given with a twiddle, it must agree with it.
 
     Module contract (docs/FRONTEND.md): ``.double()`` / ``.to(dtype)`` keep complex twiddles complex
     (complex128 / complex64); after ``.half()`` / ``.bfloat16()`` real twiddles are stored in half
@@ -119,7 +120,7 @@ class Butterfly(ModuleContract, nn.Module):
         bias: bool = False,
         complex: bool = False,
         increasing_stride: bool = True,
-        nblocks: int = 1,
+        nblocks: int | None = None,
         init: str = "randn",
         size: int | None = None,
         twiddle: torch.Tensor | None = None,
@@ -128,9 +129,17 @@ class Butterfly(ModuleContract, nn.Module):
         real_output: bool = False,
     ):
         super().__init__()
+        blocks_given = twiddle.shape[1] if isinstance(twiddle, torch.Tensor) and twiddle.dim() > 1 else None
+        if nblocks is None:  # the twiddle's, or 1
+            nblocks = 1 if blocks_given is None else int(blocks_given)
         for name, v in (("in_features", in_features), ("out_features", out_features), ("nblocks", nblocks)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if blocks_given is not None and nblocks != blocks_given:
+            raise ValueError(
+                f"nblocks={nblocks} contradicts the twiddle of shape {tuple(twiddle.shape)}, which has "
+                f"{blocks_given} blocks (twiddle.shape[1]); pass nblocks={blocks_given} or leave nblocks out"
+            )
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         n = size if size is not None else max(2, next_power_of_two(in_features))

@@ -340,3 +340,134 @@ def test_cost_table_header():
     m = C.dft(8)
     assert lines[2] == (f"| dft | 8 | 8 | 8 | 3 | {m.parameter_count():,} | {m.dense_parameter_count():,} "
                         f"| {m.flops():,} | {m.dense_flops():,} |") and len(lines) == 3
+
+
+# ---- found by mutation testing (issue 15): nblocks, the mel layout's edges, matrix() -------------
+def test_butterfly_nblocks_must_agree_with_the_twiddle():
+    """``nblocks`` with a twiddle is checked against twiddle.shape[1] (it was ignored), and defaults
+    to it; the constructions pass the twiddle's own count."""
+    from kfrontend import Butterfly
+
+    tw = torch.randn(1, 3, 3, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"^nblocks=4 contradicts the twiddle of shape \(1, 3, 3, 4, 2, 2\), which "
+                                         r"has 3 blocks \(twiddle\.shape\[1\]\); pass nblocks=3 or leave nblocks out$"):
+        Butterfly(8, 8, nblocks=4, twiddle=tw)
+    assert Butterfly(8, 8, twiddle=tw).nblocks == 3 and Butterfly(8, 8, nblocks=3, twiddle=tw).nblocks == 3
+    assert Butterfly(8, 8).nblocks == 1 and Butterfly(8, 8, nblocks=2).nblocks == 2
+    with pytest.raises(ValueError, match="^nblocks must be a positive integer, got 0$"):
+        Butterfly(8, 8, nblocks=0)
+    fb = torchaudio.functional.melscale_fbanks(9, 0.0, 8000.0, 3, 16000)
+    for m, blocks in ((C.dft(8), 3), (C.dft(6), 2), (C.dct(8), 2), (C.mel(fb), 2), (C.matrix(torch.ones(3, 2)), 2),
+                      (C.permutation([1, 0, 2]), 2), (C.hadamard(4), 1), (C.identity(3), 1)):
+        assert m.nblocks == blocks
+
+
+def _triangular_bank(rng: np.random.Generator) -> np.ndarray:
+    """A random bank mel() accepts: filter j is nonzero on bins [p_j, p_{j+2}) of sorted breakpoints
+    (so each bin lies in at most two adjacent filters), some filters empty, positive weights."""
+    n_freqs, n_mels = int(rng.integers(1, 40)), int(rng.integers(1, 12))
+    pts = np.sort(rng.integers(0, n_freqs + 1, size=n_mels + 2))
+    fb = np.zeros((n_freqs, n_mels))
+    for j in range(n_mels):
+        lo, hi = pts[j], min(pts[j + 2], n_freqs)
+        if rng.random() >= 0.15 and hi > lo:
+            fb[lo:hi, j] = rng.random(hi - lo) + 0.1
+    return fb
+
+
+def _quiet_melscale_fbanks(*args):
+    import warnings
+
+    with warnings.catch_warnings():  # torchaudio warns about its empty filters: they are the point here
+        warnings.simplefilter("ignore", UserWarning)
+        return torchaudio.functional.melscale_fbanks(*args)
+
+
+def test_mel_exact_on_random_triangular_banks_and_edge_banks():
+    """module == x @ fb, to_dense exactly fb (float64, <= 1e-12 absolute), on 150 seeded random banks
+    (empty filters, filters of one bin, filters at bin 0 or at the last bin), the smallest bank (one
+    bin, one filter: N = 2, the smallest butterfly), an all-zero bank, and torchaudio's 128 filters
+    over 129 bins (most of them empty)."""
+    rng = np.random.default_rng(15)
+    banks = [_triangular_bank(rng) for _ in range(150)]
+    banks += [np.array([[0.5]]), np.zeros((5, 3)), np.array([[0.0, 0.3]]), np.array([[0.2], [0.0], [0.0], [0.4]]),
+              _quiet_melscale_fbanks(129, 0.0, 8000.0, 128, 16000).double().numpy()]
+    for fb in banks:
+        m = C.mel(fb, dtype=torch.float64)
+        assert np.abs(m.to_dense().numpy().T - fb).max() <= 1e-12, fb
+    one = C.mel(np.array([[0.5]]), dtype=torch.float64)
+    assert one.size == 2
+    assert torch.equal(one(torch.tensor([[3.0]], dtype=torch.float64)), torch.tensor([[1.5]], dtype=torch.float64))
+    zero = C.mel(np.zeros((5, 3)), dtype=torch.float64)
+    assert torch.equal(zero(torch.rand(2, 5, dtype=torch.float64)), torch.zeros(2, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("n_freqs,n_mels,size,params", [(201, 40, 1024, 40960), (201, 80, 1024, 40960),
+                                                         (257, 80, 1024, 40960), (513, 128, 2048, 90112),
+                                                         (1025, 128, 4096, 196608)])
+def test_mel_sizes_of_the_cost_table(n_freqs, n_mels, size, params):
+    """N and the parameter count of docs/CONSTRUCTIONS.md's cost table (torchaudio banks, 16 kHz,
+    0-8000 Hz): a layout that wastes slots doubles them."""
+    m = C.mel(torchaudio.functional.melscale_fbanks(n_freqs, 0.0, 8000.0, n_mels, 16000))
+    assert (m.size, m.parameter_count()) == (size, params)
+
+
+def test_mel_refuses_a_filter_inside_the_previous_one_and_a_bin_in_three_filters():
+    inside = np.zeros((6, 2))
+    inside[2:4, 0] = 1.0
+    inside[0:6, 1] = 1.0  # starts before filter 0 and ends after it
+    with pytest.raises(ValueError, match=r"^fb: filter 1 \(bins 0\.\.5\) is not ordered after the previous filter "
+                                         r"\(bins 2\.\.3\)"):
+        C.mel(inside)
+    first = np.array([[1.0, 1.0, 1.0], [0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])  # bin 0 in filters 0, 1 and 2
+    with pytest.raises(ValueError, match=r"^fb: filters 0 and 2 overlap \(bins 0\.\.0 and 0\.\.2\)"):
+        C.mel(first)
+    later = np.zeros((7, 4))
+    later[0:2, 0] = later[1:4, 1] = later[2:6, 2] = later[3:7, 3] = 1.0  # bin 3 in filters 1, 2 and 3
+    with pytest.raises(ValueError, match=r"^fb: filters 1 and 3 overlap \(bins 1\.\.3 and 3\.\.6\)"):
+        C.mel(later)
+
+
+@pytest.mark.parametrize("n_in,n_out", [(1, 1), (1, 5), (5, 1), (2, 2), (3, 5), (5, 3), (8, 8), (9, 17), (16, 3),
+                                        (13, 40)])
+def test_matrix_is_exactly_the_given_matrix(n_in, n_out):
+    """matrix(w): to_dense() is w.T bit for bit (every product entry is one entry of w times ones),
+    module(x) == x @ w (float64, <= 1e-12 of the largest output), N = P Q (P, Q the next powers of two
+    of n_in (at least 2) and n_out), 2 butterflies; numpy and torch input give the same module;
+    float32 keeps float32 values exactly."""
+    g = torch.Generator().manual_seed(n_in * 100 + n_out)
+    w = torch.randn(n_in, n_out, dtype=torch.float64, generator=g)
+    m = C.matrix(w, dtype=torch.float64)
+    assert torch.equal(m.to_dense(), w.T)
+    x = torch.randn(4, n_in, dtype=torch.float64, generator=g)
+    assert rel_err(m(x), x @ w) <= 1e-12
+    p, q = max(2, 1 << (n_in - 1).bit_length()), 1 << (n_out - 1).bit_length()
+    assert (m.size, m.nblocks, m.in_features, m.out_features) == (p * q, 2, n_in, n_out)
+    assert m.twiddle.dtype == torch.float64 and not m.increasing_stride
+    assert torch.equal(C.matrix(w.numpy(), dtype=torch.float64).twiddle, m.twiddle)
+    w32 = w.float()
+    m32 = C.matrix(w32)
+    assert m32.twiddle.dtype == torch.float32 and torch.equal(m32.to_dense(), w32.T)
+
+
+def test_matrix_refusals():
+    with pytest.raises(ValueError, match=r"^w must be a 2-D \(n_in, n_out\) matrix, got shape \(3,\)$"):
+        C.matrix(np.ones(3))
+    with pytest.raises(ValueError, match=r"^w must be a 2-D \(n_in, n_out\) matrix, got shape \(0, 2\)$"):
+        C.matrix(np.ones((0, 2)))
+    with pytest.raises(ValueError, match="^w must be finite$"):
+        C.matrix(torch.tensor([[1.0, float("nan")]]))
+
+
+def test_tensor_data_that_requires_grad_and_widen_of_a_half_module():
+    """Vectors may be tensors that require grad (a learned kernel, say): the data is read detached,
+    like numpy's, and gives the same map (scipy's Toeplitz, float64, 1e-12).  widen keeps a
+    half-precision module's twiddle dtype (identity blocks are exact in it) and its map."""
+    col = torch.tensor([1.0, 2.0, -0.5], dtype=torch.float64, requires_grad=True)
+    t = C.toeplitz(col, dtype=torch.float64)
+    ref = torch.from_numpy(scipy.linalg.toeplitz(col.detach().numpy()))
+    assert rel_err(t.to_dense(), ref) <= 1e-12
+    m = C.hadamard(8).half()
+    w = C.widen(m, 1)
+    assert w.twiddle.dtype == torch.float16 and w.nblocks == 3
+    assert torch.equal(w.to_dense(), m.to_dense())

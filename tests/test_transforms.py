@@ -193,3 +193,20 @@ def test_structured_errors():
         C.circular_convolution(np.ones(5), 4)
     with pytest.raises(TypeError, match="data is complex"):
         C.toeplitz(np.ones(3) * 1j, dtype=torch.float32)
+
+
+def test_trig_backward_norm_truncated_ortho_dst2_and_dtype_message():
+    """norm="backward" spelled out is scipy's "backward" (= None); the orthonormal DST-II with fewer
+    outputs than n_in (its scaled last row dropped) is scipy's truncated (float64, 1e-9); a
+    complex dtype is refused by its exact message (found by mutation testing)."""
+    x = torch.randn(3, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    for kind in ("dct", "dst"):
+        for typ in (2, 3, 4):
+            ref = torch.from_numpy(getattr(scipy.fft, kind)(x.numpy(), type=typ, norm="backward", axis=-1))
+            assert rel_err(getattr(C, kind)(12, type=typ, norm="backward", dtype=torch.float64)(x), ref) <= 1e-9
+    for n_out in (11, 10, 1):
+        ref = torch.from_numpy(scipy.fft.dst(x.numpy(), type=2, norm="ortho", axis=-1)[:, :n_out])
+        assert rel_err(C.dst(12, n_out, type=2, norm="ortho", dtype=torch.float64)(x), ref) <= 1e-9
+    with pytest.raises(TypeError, match=r"^dtype must be torch\.float32 or torch\.float64 \(the output is real\), "
+                                        r"got torch\.complex64$"):
+        C.dct(8, dtype=torch.complex64)
