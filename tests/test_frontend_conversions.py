@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -469,3 +470,151 @@ def test_conversion_details_found_by_mutation_testing():
     fe = KF.from_melspectrogram(sample_rate=22051, n_fft=64, n_mels=8, dtype=D)
     assert torch.equal(fe.ref_fb, t.mel_scale.fb.to(D))  # f_max = 11025, not 11025.5
     assert KF.from_kaldi_fbank(vtln_warp=1.0, vtln_low=10.0).framing == "kaldi"  # not warping: not checked
+
+
+# ------------------------------------------------------------------------------------------------
+# The generic constructor's own checks (conversions.validate_config), and edges of the from_*
+# conversions that no case above sits on (found by mutation testing, issue 15)
+# ------------------------------------------------------------------------------------------------
+def _generic_config(**kw) -> dict:
+    """KaleidoscopeFrontend's defaults for every configuration key, n_fft 64 / 64 / 16, then kw."""
+    from kfrontend.conversions import CONFIG_KEYS
+
+    sig = inspect.signature(KF.__init__).parameters
+    cfg = {k: sig[k].default for k in CONFIG_KEYS if sig[k].default is not inspect.Parameter.empty}
+    cfg.update(n_fft=64, win_length=64, hop_length=16)
+    cfg.update(kw)
+    assert set(cfg) == set(CONFIG_KEYS)
+    return cfg
+
+
+def test_validate_config_normalises_and_keeps_every_key():
+    from kfrontend.conversions import validate_config
+
+    eps = float(torch.finfo(torch.float32).eps)
+    got = validate_config(_generic_config(power=2, normalized=True))
+    want = _generic_config(power=2.0, normalized="window", log_floor=1e-6)  # the floor defaults to the offset
+    assert got == want and type(got["power"]) is float
+    assert validate_config(_generic_config(log_offset=0, log="log"))["log_floor"] == eps  # no offset: Kaldi's eps
+    edges = validate_config(_generic_config(n_fft=2, win_length=1, hop_length=1, pad=0, power=1e-9, top_db=0,
+                                            log_floor=1e-30, preemphasis=0, frames_op="conv", framing="kaldi",
+                                            layout="channels_last", normalized="frame_length"))
+    assert (edges["n_fft"], edges["win_length"], edges["top_db"], edges["log_floor"], edges["frames_op"],
+            edges["normalized"]) == (2, 1, 0.0, 1e-30, "conv", "frame_length")
+    for op in ("auto", "unfold"):
+        assert validate_config(_generic_config(frames_op=op))["frames_op"] == op
+
+
+VALIDATE_BAD = [
+    (dict(n_fft=1), "n_fft must be an integer >= 2, got 1"),
+    (dict(n_fft="64"), "n_fft must be an integer >= 2, got '64'"),
+    (dict(win_length=0), "win_length must be an integer >= 1, got 0"),
+    (dict(hop_length=0), "hop_length must be an integer >= 1, got 0"),
+    (dict(win_length=65), "win_length (65) must be <= n_fft (64)"),
+    (dict(framing="mfcc"), "framing must be 'stft' or 'kaldi', got 'mfcc'"),
+    (dict(pad_mode="symmetric"), "pad_mode must be one of ('constant', 'reflect', 'replicate', 'circular'), "
+                                 "got 'symmetric'"),
+    (dict(pad=-1), "pad must be an integer >= 0, got -1"),
+    (dict(power=None), "power=None (complex spectrogram) is not supported by a mel front end: use 1.0 or 2.0"),
+    (dict(power=0.0), "power must be > 0, got 0.0"),
+    (dict(power="2"), "power must be a finite number, got '2'"),
+    (dict(normalized="yes"), "normalized must be a bool, 'window' or 'frame_length', got 'yes'"),
+    (dict(log="ln"), "log must be one of (None, 'log', 'db'), got 'ln'"),
+    (dict(log_offset=-0.5), "log_offset must be >= 0, got -0.5"),
+    (dict(log_offset=None), "log_offset must be a finite number, got None"),
+    (dict(log_floor=0.0), "log_floor must be > 0 (log of 0 is -inf), got 0.0"),
+    (dict(log_floor="1"), "log_floor must be a finite number, got '1'"),
+    (dict(top_db=-1.0), "top_db must be >= 0, got -1.0"),
+    (dict(top_db="80"), "top_db must be a finite number, got '80'"),
+    (dict(layout="nchw"), "layout must be 'channels_first' or 'channels_last', got 'nchw'"),
+    (dict(preemphasis=None), "preemphasis must be a finite number, got None"),
+    (dict(frames_op="fft"), "frames_op must be 'auto', 'conv' or 'unfold', got 'fft'"),
+    (dict(framing="kaldi"), "Kaldi framing returns (..., frames, bins): layout must be 'channels_last'"),
+]
+
+
+@pytest.mark.parametrize("kw,msg", VALIDATE_BAD, ids=[str(k) for k, _ in VALIDATE_BAD])
+def test_validate_config_refusals(kw, msg):
+    from kfrontend.conversions import validate_config
+
+    with pytest.raises(ValueError, match=_exact(msg)):
+        validate_config(_generic_config(**kw))
+
+
+def test_rate_and_frequency_edges():
+    """A sample rate of 1 passes the rate check (and fails on the frequency range; librosa's sr 1 is
+    accepted); Kaldi's
+    high_freq of 1 Hz is a frequency, not an offset from Nyquist (only values <= 0 count from it);
+    VTLN ranges just inside their ends are accepted and vtln_low == vtln_high is refused."""
+    with pytest.raises(ValueError, match=_exact("f_min (0.0) must satisfy 0 <= f_min < f_max (0.0)")):
+        KF.from_melspectrogram(sample_rate=1, n_fft=64, n_mels=8)
+    with pytest.raises(ValueError, match=_exact("low_freq (20.0) must be below high_freq (1.0)")):
+        KF.from_kaldi_fbank(high_freq=1.0)
+    with pytest.raises(ValueError, match=_exact("low_freq (20.0) must be below high_freq (0.5)")):
+        KF.from_kaldi_fbank(high_freq=-7999.5)
+    with pytest.raises(ValueError, match=_exact(
+            "vtln_low (4000.0) and vtln_high (4000.0) must satisfy low_freq < vtln_low < vtln_high < high_freq "
+            "(20.0, 8000.0)")):
+        KF.from_kaldi_fbank(vtln_warp=0.9, vtln_low=4000.0, vtln_high=4000.0)
+    fe = KF.from_kaldi_fbank(num_mel_bins=4, low_freq=0.0, vtln_warp=0.9, vtln_low=0.25, vtln_high=0.5, dtype=D)
+    banks, _ = kaldi.get_mel_banks(4, 512, 16000.0, 0.0, 0.0, 0.25, 0.5, 0.9)
+    assert torch.equal(fe.ref_fb, torch.nn.functional.pad(banks, (0, 1)).T.to(D))
+    librosa = pytest.importorskip("librosa")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # librosa's and our empty-filter warnings: 8 filters below 0.5 Hz
+        fe = KF.from_librosa_melspectrogram(sr=1, n_fft=64, n_mels=8, dtype=D)  # fmax 0.5 Hz: accepted
+        basis = librosa.filters.mel(sr=1, n_fft=64, n_mels=8, dtype=np.float32)
+    assert torch.equal(fe.ref_fb, torch.from_numpy(basis.T.astype(np.float64)))
+
+
+def test_librosa_filter_checks_name_n_mels_and_count_the_bins():
+    """librosa's path refuses more filters than bins and warns about empty ones by the same messages
+    as torchaudio's, naming n_mels and counting n_fft // 2 + 1 bins (33 for n_fft 64)."""
+    librosa = pytest.importorskip("librosa")
+    with pytest.raises(ValueError, match=_exact(
+            "n_mels (34) is too large for n_fft: more filters than the 33 frequency bins; lower n_mels or raise n_fft")):
+        KF.from_librosa_melspectrogram(sr=16000, n_fft=64, n_mels=34)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        basis = librosa.filters.mel(sr=16000, n_fft=64, n_mels=33)
+    empty = np.flatnonzero(basis.max(axis=1) <= 0).tolist()  # librosa's own empty filters
+    assert 0 < len(empty) <= 8
+    with pytest.warns(UserWarning, match=_exact(
+            f"n_mels (33) is too large for n_fft (n_freqs = 33 bins) and the frequency range: filters {empty} cover "
+            "no frequency bin (their outputs are 0, as in the counterpart)")):
+        assert KF.from_librosa_melspectrogram(sr=16000, n_fft=64, n_mels=33).n_mels == 33
+
+
+def test_kaldi_float32_window_is_torchaudios_float32_window():
+    """torchaudio computes Kaldi's window in the waveform's dtype: a float32 front end holds the
+    float32 window bit for bit (not the float64 one rounded), for every window type."""
+    for window_type in ("povey", "hamming", "hanning", "blackman"):
+        fe = KF.from_kaldi_fbank(window_type=window_type)
+        want = kaldi._feature_window_function(window_type, 400, 0.42, torch.device("cpu"), torch.float32)
+        assert fe.ref_window.dtype == torch.float32 and torch.equal(fe.ref_window, want), window_type
+
+
+def test_from_transform_checks_the_instance_and_matches_its_dct():
+    """from_transform refuses an instance whose f_max is above Nyquist (as from_melspectrogram
+    does); a float64 front end of an MFCC made in float32 reproduces its float32 DCT values
+    (dct_construction "matrix"), one made under a float64 default dtype (create_dct's float64
+    values, ortho or None) gets the chirp-z DCT, and a float32 front end never needs the matrix."""
+    from kfrontend.conversions import transform_config
+
+    high = torchaudio.transforms.MelSpectrogram(sample_rate=16000, n_fft=64, n_mels=8, f_max=9000.0)
+    with pytest.raises(ValueError, match=_exact("f_max (9000.0) must be <= the Nyquist frequency sample_rate / 2 "
+                                                "= 8000.0")):
+        KF.from_transform(high)
+    mk = dict(n_fft=64, n_mels=12)
+    f32 = torchaudio.transforms.MFCC(n_mfcc=6, melkwargs=mk)
+    assert transform_config(f32, dict(dtype=D)).get("dct_construction") == "matrix"
+    assert "dct_construction" not in transform_config(f32, dict(dtype=torch.float32))
+    old = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        exact = {norm: torchaudio.transforms.MFCC(n_mfcc=6, norm=norm, melkwargs=mk) for norm in ("ortho", None)}
+    finally:
+        torch.set_default_dtype(old)
+    for norm, m in exact.items():
+        assert m.dct_mat.dtype == torch.float64
+        assert "dct_construction" not in transform_config(m, dict(dtype=D)), norm
