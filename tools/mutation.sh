@@ -24,9 +24,12 @@ OUT="$WORK/results"
 
 # module -> "file to mutate|test files|mutant name patterns (empty: every function in the file)"
 declare -A SPEC=(
-  # The reference product, its argument checks and dtype rules, and the size helpers (the backend
-  # dispatch in butterfly_multiply / kmatrix_multiply is for tests/test_cpu_paths.py, not run here).
-  [functional]="kfrontend/reference.py|tests/test_functional.py|kfrontend.reference.x_is_power_of_two__mutmut_* kfrontend.reference.x_next_power_of_two__mutmut_* kfrontend.reference.x_stride_of__mutmut_* kfrontend.reference.x_block_is_increasing__mutmut_* kfrontend.reference.x_check_butterfly_args__mutmut_* kfrontend.reference.x_compute_dtype__mutmut_* kfrontend.reference.x_output_dtype__mutmut_* kfrontend.reference.x_butterfly_multiply_reference__mutmut_*"
+  # The reference product, its argument checks and dtype rules, the size helpers and the transposed
+  # twiddle (the backend dispatch that uses them is the next entry).
+  [functional]="kfrontend/reference.py|tests/test_functional.py tests/test_dispatch.py tests/test_layer_features.py|kfrontend.reference.x_is_power_of_two__mutmut_* kfrontend.reference.x_next_power_of_two__mutmut_* kfrontend.reference.x_stride_of__mutmut_* kfrontend.reference.x_block_is_increasing__mutmut_* kfrontend.reference.x_check_butterfly_args__mutmut_* kfrontend.reference.x_compute_dtype__mutmut_* kfrontend.reference.x_output_dtype__mutmut_* kfrontend.reference.x_butterfly_multiply_reference__mutmut_* kfrontend.reference.x_transposed_twiddle__mutmut_*"
+  # The backend dispatch (butterfly_multiply, auto_backend, kmatrix_multiply and its transposed
+  # form): every backend computes the same numbers, so tests/test_dispatch.py spies on which runs.
+  [dispatch]="kfrontend/functional.py|tests/test_dispatch.py tests/test_functional.py tests/test_cpu_paths.py|"
   [constructions]="kfrontend/constructions.py|tests/test_constructions.py tests/test_transforms.py tests/test_mutation_regressions.py|"
   [features]="kfrontend/features.py|tests/test_features.py tests/test_mutation_regressions.py|"
   # The front end's conversions only (the rest of frontend.py is the module's forward pass):
@@ -37,7 +40,7 @@ declare -A SPEC=(
   # The CTC decoders (greedy, prefix beam search) of the recipe's model.
   [decoder]="recipes/timit/model.py|tests/test_timit_model.py tests/test_mutation_regressions.py|recipes.timit.model.x_greedy_decode__mutmut_* recipes.timit.model.x_prefix_beam_decode__mutmut_* recipes.timit.model.x__logaddexp__mutmut_*"
 )
-ORDER=(functional constructions features frontend phones evaluate decoder)
+ORDER=(functional dispatch constructions features frontend phones evaluate decoder)
 
 # The whole run is one function, parsed before it starts: editing this file during a run (for the
 # next one) cannot change the run under way.
