@@ -488,7 +488,10 @@ def permutation(perm: Sequence[int] | torch.Tensor, *, dtype=torch.float32) -> B
     """The permutation ``y[i] = x[perm[i]]`` (as ``x[..., perm]``) for any length, as an increasing
     then a decreasing butterfly of 0/1 switches (Benes network).  Non-power-of-two lengths are
     padded with fixed points."""
-    p = np.asarray(perm.tolist() if isinstance(perm, torch.Tensor) else list(perm), dtype=np.int64)
+    raw = np.asarray(perm.tolist() if isinstance(perm, torch.Tensor) else list(perm))
+    if raw.size and raw.dtype.kind not in "iu":  # a float index would be truncated silently
+        raise TypeError(f"perm must hold integers, got dtype {raw.dtype}")
+    p = raw.astype(np.int64)
     if p.ndim != 1 or len(p) < 1:
         raise ValueError(f"perm must be a non-empty 1-D sequence of indices, got shape {p.shape}")
     n = len(p)

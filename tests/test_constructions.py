@@ -471,3 +471,24 @@ def test_tensor_data_that_requires_grad_and_widen_of_a_half_module():
     w = C.widen(m, 1)
     assert w.twiddle.dtype == torch.float16 and w.nblocks == 3
     assert torch.equal(w.to_dense(), m.to_dense())
+
+
+def test_permutation_refuses_non_integer_indices_and_matrix_refuses_complex_or_grad_free_reads():
+    """permutation([1.5, 0.0]) was read as [1, 0] (numpy's int cast truncates): float or bool
+    indices are refused by name; integer numpy / torch indices of any width are taken.  matrix()
+    refuses complex values (it is a real map) and reads a tensor that requires grad detached, like
+    mel() (found by mutation testing)."""
+    for bad, dtype in (([1.5, 0.0], "float64"), (torch.tensor([1.0, 0.0]), "float64"), ([True, False], "bool")):
+        with pytest.raises(TypeError, match=f"^perm must hold integers, got dtype {dtype}$"):
+            C.permutation(bad)
+    x = torch.arange(3.0)[None]
+    for perm in (np.array([2, 0, 1], dtype=np.int32), torch.tensor([2, 0, 1], dtype=torch.int16), [2, 0, 1]):
+        assert torch.equal(C.permutation(perm)(x), x[..., [2, 0, 1]])
+    with pytest.raises(ValueError, match=r"^perm must be a non-empty 1-D sequence of indices, got shape \(0,\)$"):
+        C.permutation([])
+    with pytest.raises(TypeError):
+        C.matrix([[1.0 + 1.0j, 0.0]])
+    w = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    assert torch.equal(C.matrix(w, dtype=torch.float64).to_dense(), w.detach().T)
+    fb = torch.tensor([[0.5, 0.0], [0.25, 1.0]], dtype=torch.float64, requires_grad=True)
+    assert torch.equal(C.mel(fb, dtype=torch.float64).to_dense(), fb.detach().T)
