@@ -24,6 +24,7 @@ identity of ``in`` rows) and does one matmul; for real input and complex weights
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -41,6 +42,7 @@ from kfrontend.reference import (
     compute_dtype,
     output_dtype,
     stride_of,
+    transposed_twiddle,
 )
 
 __all__ = [
@@ -274,11 +276,168 @@ def _pass_matrix(tw, spec, idx: int) -> torch.Tensor:
         m = _group_matrices(tw, n, stages, 0, split)[:, 0]  # (K_hi, K_lo, K_lo), batch = hi
     else:
         m = _group_matrices(tw, n, stages, split, log_n - split)[0]  # (K_lo, K_hi, K_hi), batch = lo
+    return _truncate_pass(m, g, idx, len(runs), e_in, e_out, real_first)
+
+
+# ----------------------------------------------------------------------------------------------
+# Every pass's matrices at once (the multiplied-out stages: one build per training step)
+# ----------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=256)
+def _sweep_layout(n: int, nblocks: int, increasing_stride: bool, split: int):
+    """For each bit group: ``(sweeps, index)``, the sweeps of every pass on that group (pass index,
+    decreasing?) in plan order, and the positions in ``tw.flatten()`` (real or complex entries) of
+    their twiddles in the layout ``_doubling`` takes: (sweeps, k, K / 2, 2, 2, batch), factors in
+    increasing bit order, a decreasing sweep's 2 x 2 blocks transposed (see ``_group_matrices``)."""
+    log_n = n.bit_length() - 1
+    runs = plan_passes(n, nblocks, increasing_stride, split)
+    layout = []
+    for grp in (0, 1):
+        a, k = (0, split) if grp == 0 else (split, log_n - split)
+        kk, ll = 1 << k, 1 << a
+        hh = n // (kk * ll)
+        sweeps, factors = [], []
+        for pidx, (g, stages) in enumerate(runs):
+            if g != grp:
+                continue
+            for sweep in _sweeps(stages):
+                decreasing = [bit - a for _, _, bit in sweep] != list(range(k))
+                sweeps.append((pidx, decreasing))
+                factors.append((sweep[::-1] if decreasing else sweep, decreasing))
+        # pair index of (h, c', l) in a factor's (N/2, 2, 2) twiddles: (h K/2 + c') L + l
+        h = torch.arange(hh).view(hh, 1, 1)
+        c = torch.arange(kk // 2).view(1, 1, kk // 2)
+        l_ = torch.arange(ll).view(1, ll, 1)
+        pair = ((h * (kk // 2) + c) * ll + l_).reshape(hh * ll, kk // 2)
+        oi = torch.arange(4).view(2, 2)
+        index = torch.empty(len(sweeps), k, kk // 2, 2, 2, hh * ll, dtype=torch.long)
+        for si, (sweep, decreasing) in enumerate(factors):
+            for j, (b, f, _) in enumerate(sweep):
+                pos = ((b * log_n + f) * (n // 2) + pair)[..., None, None] * 4 + (oi.t() if decreasing else oi)
+                index[si, j] = pos.permute(1, 2, 3, 0)
+        layout.append((sweeps, index))
+    return runs, layout
+
+
+def _doubling_levels(t: torch.Tensor, keep: list | None) -> torch.Tensor:
+    """The doubling of ``_sweep_doubling`` for a stack of sweeps, batch last: t (S, k, K / 2, 2, 2,
+    B) -> (S, K, K, B).  With the batch innermost every product has a long contiguous inner loop
+    (the batch-first layout's inner loops are 1, 2, 4, ... entries long); ``keep`` collects each
+    level's input for the backward."""
+    s_, k, b_ = t.shape[0], t.shape[1], t.shape[-1]
+    kk = 2 * t.shape[2]
+    z = torch.ones(s_, kk, 1, 1, b_, dtype=t.dtype, device=t.device)
+    s = 1
+    for j in range(k):
+        g = kk // (2 * s)
+        tj = t[:, j].view(s_, g, s, 2, 2, b_)  # [.., g, r, o, i, B]
+        sub = z.view(s_, g, 2, s, s, b_)  # [.., g, i, r, c, B]: the two (s, s) blocks
+        if keep is not None:
+            keep.append(z)
+        new = torch.empty(s_, g, 2, s, 2, s, b_, dtype=t.dtype, device=t.device)  # [.., g, o, r, i, c, B]
+        torch.mul(tj.permute(0, 1, 3, 2, 4, 5).unsqueeze(5), sub.permute(0, 1, 3, 2, 4, 5).unsqueeze(2), out=new)
+        z = new.view(s_, g, 2 * s, 2 * s, b_)
+        s *= 2
+    return z.view(s_, kk, kk, b_)
+
+
+class _DoublingFn(torch.autograd.Function):
+    """(S, B, K, K) products of S x B sweeps from their twiddles t (S, k, K / 2, 2, 2, B) (factor j
+    on local bit j, applied in that order), forward and backward by hand: each level is one
+    broadcast product, and its backward two products and two sums, all batch-innermost, so a
+    stage's build and its gradient cost a few dozen ops (autograd through the same products costs
+    several times more: broadcast reductions and layout copies per level)."""
+
+    @staticmethod
+    def forward(ctx, t):
+        keep: list = []
+        z = _doubling_levels(t, keep)
+        ctx.keep = keep
+        ctx.save_for_backward(t)
+        return z.permute(0, 3, 1, 2).contiguous()
+
+    @staticmethod
+    def backward(ctx, gz):
+        (t,) = ctx.saved_tensors
+        keep, ctx.keep = ctx.keep, None
+        if torch.is_grad_enabled():  # create_graph: differentiate the plain product instead
+            return torch.autograd.grad(_doubling_reference(t), t, gz, create_graph=True)[0]
+        s_, k, b_ = t.shape[0], t.shape[1], t.shape[-1]
+        kk = 2 * t.shape[2]
+        g_t = torch.empty_like(t)
+        g = gz.permute(0, 2, 3, 1).contiguous()  # (S, K, K, B)
+        for j in range(k - 1, -1, -1):
+            s = 1 << j
+            gc = kk // (2 * s)
+            gn = g.view(s_, gc, 2, s, 2, s, b_)  # [.., g, o, r, i, c, B]
+            sub = keep[j].view(s_, gc, 2, s, s, b_).conj()  # [.., g, i, r, c, B]
+            tj = t[:, j].view(s_, gc, s, 2, 2, b_).conj()  # [.., g, r, o, i, B]
+            # d t[g, r, o, i] = sum_c gn[g, o, r, i, c] sub[g, i, r, c]
+            prod = torch.empty(s_, gc, s, 2, 2, s, b_, dtype=g.dtype, device=g.device)  # [.., g, r, o, i, c, B]
+            torch.mul(gn.permute(0, 1, 3, 2, 4, 5, 6), sub.permute(0, 1, 3, 2, 4, 5).unsqueeze(3), out=prod)
+            torch.sum(prod, dim=5, out=g_t[:, j].view(s_, gc, s, 2, 2, b_))
+            if j:
+                # d sub[g, i, r, c] = sum_o gn[g, o, r, i, c] t[g, r, o, i]
+                prod = torch.empty(s_, gc, 2, s, 2, s, b_, dtype=g.dtype, device=g.device)  # [.., g, i, r, o, c, B]
+                torch.mul(gn.permute(0, 1, 4, 3, 2, 5, 6), tj.permute(0, 1, 4, 2, 3, 5).unsqueeze(5), out=prod)
+                g = prod.sum(4)  # [.., g, i, r, c, B] = the previous level's (S, 2 g, s, s, B)
+        return g_t
+
+
+def _doubling_reference(t: torch.Tensor) -> torch.Tensor:
+    """``_DoublingFn`` as plain differentiable ops (torch.func transforms, second-order gradients)."""
+    s_, k, b_ = t.shape[0], t.shape[1], t.shape[-1]
+    kk = 2 * t.shape[2]
+    z = torch.ones(s_, kk, 1, 1, b_, dtype=t.dtype, device=t.device)
+    s = 1
+    for j in range(k):
+        g = kk // (2 * s)
+        tj = t[:, j].reshape(s_, g, s, 2, 2, b_)
+        sub = z.reshape(s_, g, 2, s, s, b_)
+        z = (tj.permute(0, 1, 3, 2, 4, 5).unsqueeze(5) * sub.permute(0, 1, 3, 2, 4, 5).unsqueeze(2)).reshape(s_, g, 2 * s, 2 * s, b_)
+        s *= 2
+    return z.reshape(s_, kk, kk, b_).permute(0, 3, 1, 2)
+
+
+def _doubling(t: torch.Tensor) -> torch.Tensor:
+    if in_functorch() or (torch.is_grad_enabled() and t.requires_grad and torch.is_inference_mode_enabled()):
+        return _doubling_reference(t)
+    if torch.is_grad_enabled() and t.requires_grad:
+        return _DoublingFn.apply(t)
+    return _doubling_levels(t, None).permute(0, 3, 1, 2)
+
+
+def _all_pass_matrices(tw: torch.Tensor, spec) -> list[torch.Tensor]:
+    """``[_pass_matrix(tw, spec, i) for every pass]`` in a few batched ops: all sweeps on one bit
+    group are built together (one gather of their twiddles, one doubling), so a stage's build costs
+    tens of ops instead of hundreds (differentiable; the front end runs it once per step)."""
+    n, nblocks, increasing_stride, split, in_f, out_f, real_first = spec
+    runs, layout = _sweep_layout(n, nblocks, increasing_stride, split)
+    flat = tw.reshape(-1)
+    per_pass: list[list[torch.Tensor]] = [[] for _ in runs]
+    for sweeps, index in layout:
+        if not sweeps:
+            continue
+        z = _doubling(flat[index.to(tw.device)])
+        for si, (pidx, decreasing) in enumerate(sweeps):
+            per_pass[pidx].append(z[si].transpose(-1, -2) if decreasing else z[si])
+    e_in, e_out = _extents(n, split, in_f, out_f)
+    mats = []
+    for idx, ((g, _), sweep_mats) in enumerate(zip(runs, per_pass)):
+        m = sweep_mats[0]
+        for s_m in sweep_mats[1:]:
+            m = torch.matmul(s_m, m)
+        mats.append(_truncate_pass(m, g, idx, len(runs), e_in, e_out, real_first))
+    return mats
+
+
+def _truncate_pass(m, g: int, idx: int, count: int, e_in: int, e_out: int, real_first: bool):
+    """A pass's matrices (batch, K_out, K_in) cut to the blocks the (zero-padded) input touches and
+    the kept outputs read."""
     if g == 0 and idx == 0:
         m = m[:e_in]
     if g == 1 and idx <= 1:
         m = m[:, :, :e_in]
-    if idx == len(runs) - 1:
+    if idx == count - 1:
         m = m[:, :e_out] if g == 1 else m[:e_out]
     if idx == 0 and real_first:
         m = torch.cat((m.real, m.imag), dim=1)
@@ -588,6 +747,13 @@ _BUILD_PER_ENTRY = 500.0
 def _rows_split(n: int, nblocks: int, increasing_stride: bool, rows: int, stop: int, out_f: int) -> int:
     """Bit split for ``kmatrix_rows``: the pass matrices' build plus the matmuls of the passes after
     the first two (truncated to the kept outputs) for ``rows`` rows."""
+    return _rows_cost(n, nblocks, increasing_stride, rows, stop, out_f)[1]
+
+
+def _rows_cost(n: int, nblocks: int, increasing_stride: bool, rows: int, stop: int, out_f: int) -> tuple[float, int]:
+    """(cost, best split) of ``kmatrix_rows`` for ``rows`` rows: the pass matrices' build, the
+    matmuls of the passes after the first two, and the (rows, N) intermediate every pass writes
+    (with its gradient: allocation, broadcasts, layout copies)."""
     log_n = n.bit_length() - 1
     best = None
     for s in range(1, log_n):
@@ -600,17 +766,22 @@ def _rows_split(n: int, nblocks: int, increasing_stride: bool, rows: int, stop: 
             if idx == len(runs) - 1:  # the last pass keeps e_out high blocks (or rows)
                 batches, outs = (e_out, outs) if g == 0 else (batches, e_out)
             cost += rows * batches * outs * k[g]
+        cost += _ROWS_PER_ENTRY * len(runs) * rows * n
         if best is None or cost < best[0]:
             best = (cost, s)
-    return best[1]
+    return best
+
+
+# Per entry of the (rows, N) intermediate and pass, against a multiply-add of the passes' matmuls.
+_ROWS_PER_ENTRY = 30.0
 
 
 def kmatrix_rows(tw: torch.Tensor, increasing_stride: bool, out_f: int, start: int, stop: int) -> torch.Tensor:
     """Rows ``start:stop`` of the (N, out_f) matrix W with ``kmatrix(x) == x @ W`` (tw (nblocks,
     log2 N, N/2, 2, 2) for one stack, or (nstacks, nblocks, ...) for a stacked K-matrix, out_f <=
-    nstacks N): the K-matrix applied to identity rows, differentiable w.r.t. tw by plain autograd
-    (any device).  The one way the package multiplies a butterfly or K-matrix out: the dense
-    backend, ``Butterfly.to_dense`` and the front end's matrix path all call it.
+    nstacks N): the K-matrix applied to identity rows, differentiable w.r.t. tw (any device).  The
+    one way the package multiplies a butterfly or K-matrix out: the dense backend,
+    ``Butterfly.to_dense`` and the front end's matrix path all call it.
 
     An identity row e_j has one nonzero, so the first two passes of the blocked plan need no
     matmul: with j = (h_j, l_j) (high, low bits), a first pass on the low bits leaves
@@ -618,6 +789,12 @@ def kmatrix_rows(tw: torch.Tensor, increasing_stride: bool, out_f: int, start: i
     ``y[h, l] = M1[l][h, h_j] * M0[h_j][l, l_j]``: one broadcast product per row, O(N).  Only the
     passes after these are batched matmuls, in an (high, low, rows) layout.  The first pass is
     truncated to the blocks that rows < stop touch, the last to the kept outputs.
+
+    The front end calls this once per training step for every stage, so its backward is written by
+    hand (``_KmatrixRowsFn``): the broadcasts and matmuls are differentiated directly, and the pass
+    matrices' graphs from the forward are kept (one per pass, differentiated in the worker threads)
+    instead of being rebuilt.  Under torch.func transforms and for second-order gradients the same
+    computation runs as plain differentiable ops.
     """
     if tw.dim() == 6:
         n = 2 * tw.shape[-3]
@@ -635,24 +812,146 @@ def kmatrix_rows(tw: torch.Tensor, increasing_stride: bool, out_f: int, start: i
     if log_n == 1:
         m = _group_matrices(tw, n, _stage_bits(n, nblocks, increasing_stride), 0, 1)[0, 0]
         return m[:out_f, start:stop].transpose(0, 1)
-    split = _rows_split(n, nblocks, increasing_stride, rows, stop, out_f)
-    k_lo = 1 << split
-    groups = [g for g, _ in plan_passes(n, nblocks, increasing_stride, split)]
-    mats = _pass_matrices(tw, n, nblocks, increasing_stride, split, stop, out_f)
-    m0, m1 = mats[0], mats[1]
-    # z[h, l, h_j, l_j] for the input rows j = h_j K_lo + l_j: broadcasts, no gathers.
-    if groups[0] == 0:  # m0 (e_in, K_lo, K_lo) batch = high; m1 (K_lo, K_hi', e_in) batch = low
-        z = m1.permute(1, 0, 2).unsqueeze(-1) * m0.permute(1, 0, 2).unsqueeze(0)
-    else:  # m0 (K_lo, K_hi, e_in) batch = low; m1 (K_hi', K_lo, K_lo) batch = high
-        z = m1.unsqueeze(2) * m0.permute(1, 2, 0)[: m1.shape[0]].unsqueeze(1)
-    z = z.flatten(2)[:, :, start:stop]
-    # z: (high, low, rows), the entry (h, l) of row r being output index h * K_lo + l.
+    # Fewer outputs than rows (a mel or DCT stage; the DFT's 201 bins of 400 samples): multiply the
+    # transposed K-matrix out instead, whose rows are these outputs: every intermediate is (rows, N),
+    # so this divides the work by rows / out_f.
+    cost, split = _rows_cost(n, nblocks, increasing_stride, rows, stop, out_f)
+    last_increasing = block_is_increasing(nblocks - 1, increasing_stride)
+    cost_t, split_t = _rows_cost(n, nblocks, not last_increasing, out_f, out_f, stop)
+    if cost_t < cost:
+        tw_t, inc_t = transposed_twiddle(tw, increasing_stride)
+        spec = (n, nblocks, inc_t, split_t, out_f, stop, False)
+        return _kmatrix_rows_spec(tw_t, spec, 0, out_f)[:, start:stop].transpose(0, 1)
+    return _kmatrix_rows_spec(tw, (n, nblocks, increasing_stride, split, stop, out_f, False), start, stop)
+
+
+def _kmatrix_rows_spec(tw: torch.Tensor, spec, start: int, stop: int) -> torch.Tensor:
+    if not (torch.is_grad_enabled() and tw.requires_grad):
+        with torch.no_grad():
+            return _rows_apply(_all_pass_matrices(tw, spec), spec, start, stop, [])[0]
+    if in_functorch():  # custom Functions cannot run under torch.func transforms: plain ops
+        return _rows_apply(_all_pass_matrices(tw, spec), spec, start, stop)[0]
+    return _KmatrixRowsFn.apply(tw, spec, start, stop)
+
+
+def _rows_apply(mats, spec, start: int, stop: int, saved: list | None = None):
+    """(rows, out_f) from the pass matrices: the first two passes as one broadcast product, the
+    others as batched matmuls.  Plain torch ops (differentiable when ``mats`` are); with ``saved``
+    (a list, no autograd) the operands that ``_rows_backward`` needs are appended to it."""
+    n, _, increasing_stride, split, _, out_f, _ = spec
+    groups = [g for g, _ in plan_passes(n, spec[1], increasing_stride, split)]
+    z = _identity_passes(mats[0], mats[1], groups[0], plain=saved is None)
+    # z: (high, low, E K_lo) with E K_lo >= stop; the entry (h, l) of row j is output h K_lo + l.
+    z = z[:, :, start:stop]
     for g, m in zip(groups[2:], mats[2:]):
+        if saved is not None:
+            saved.append(z)
         if g == 0:  # m (high batch, K_lo', K_lo)
             z = torch.bmm(m, z[: m.shape[0]])
         else:  # m (low batch, K_hi', K_hi): the high bits act, batched over the low ones
             z = torch.bmm(m, z.transpose(0, 1)).transpose(0, 1)
-    return z.permute(2, 0, 1).reshape(rows, -1)[:, :out_f]
+    hi, lo = z.shape[0], z.shape[1]
+    return z.permute(2, 0, 1).reshape(stop - start, hi * lo)[:, :out_f], groups
+
+
+def _identity_operands(m0, m1, first_group: int):
+    """The two broadcast operands of the first two passes on identity rows, shaped so that their
+    product is z[h, l, h_j, l_j] (high, low of the output; high, low of the row), the last index
+    contiguous in both (a vectorised inner loop; the small matrices are copied, not the product)."""
+    if first_group == 0:  # m0 (E, K_lo, K_lo) [h_j, l, l_j]; m1 (K_lo, K_hi', E) [l, h, h_j]
+        a = m1.permute(1, 0, 2).unsqueeze(-1)  # [h, l, h_j, 1]
+        b = m0.permute(1, 0, 2).contiguous().unsqueeze(0)  # [1, l, h_j, l_j]
+    else:  # m0 (K_lo, K_hi, E) [l_j, h, h_j]; m1 (K_hi', K_lo, K_lo) [h, l, l_j]
+        a = m1.unsqueeze(2)  # [h, l, 1, l_j]
+        b = m0.permute(1, 2, 0)[: m1.shape[0]].contiguous().unsqueeze(1)  # [h, 1, h_j, l_j]
+    return a, b
+
+
+def _identity_passes(m0, m1, first_group: int, plain: bool) -> torch.Tensor:
+    a, b = _identity_operands(m0, m1, first_group)
+    shape = torch.broadcast_shapes(a.shape, b.shape)
+    if plain:
+        z = (a * b).contiguous()
+    else:
+        z = torch.empty(shape, dtype=torch.promote_types(a.dtype, b.dtype), device=a.device)
+        torch.mul(a, b, out=z)
+    return z.flatten(2)
+
+
+def _rows_backward(mats, spec, groups, start: int, stop: int, saved: list, gy: torch.Tensor):
+    """Gradients of ``_rows_apply``'s output w.r.t. every pass matrix (complex: autograd's
+    conjugate convention), from the operands it saved."""
+    n, _, _, split, _, out_f, _ = spec
+    grads = [None] * len(mats)
+    last = mats[-1]
+    hi = last.shape[0] if groups[-1] == 0 else last.shape[1]  # output high blocks kept
+    lo = last.shape[1] if groups[-1] == 0 else last.shape[0]
+    rows = stop - start
+    if gy.shape[1] < hi * lo:
+        gy = torch.nn.functional.pad(gy, (0, hi * lo - gy.shape[1]))
+    gz = gy.reshape(rows, hi, lo).permute(1, 2, 0)  # (high, low, rows), logical
+    for idx in range(len(mats) - 1, 1, -1):
+        m, zi = mats[idx], saved[idx - 2]
+        if groups[idx] == 0:
+            x = zi[: m.shape[0]]
+            grads[idx] = torch.bmm(gz, x.transpose(1, 2).conj())
+            gx = torch.bmm(m.transpose(1, 2).conj(), gz)
+            if x.shape[0] < zi.shape[0]:
+                gx = torch.cat((gx, gx.new_zeros((zi.shape[0] - x.shape[0],) + gx.shape[1:])))
+            gz = gx
+        else:
+            x, go = zi.transpose(0, 1), gz.transpose(0, 1)
+            grads[idx] = torch.bmm(go, x.transpose(1, 2).conj())
+            gz = torch.bmm(m.transpose(1, 2).conj(), go).transpose(0, 1)
+    # The broadcast product of the first two passes, over the rows start:stop of its E K_lo.
+    m0, m1 = mats[0], mats[1]
+    a, b = _identity_operands(m0, m1, groups[0])
+    shape = torch.broadcast_shapes(a.shape, b.shape)
+    g4 = torch.nn.functional.pad(gz, (start, shape[2] * shape[3] - stop)).view(shape)
+    if groups[0] == 0:  # a [h, l, h_j, 1], b [1, l, h_j, l_j]
+        ga = (g4 * b.conj()).sum(-1)  # [h, l, h_j] -> m1 (l, h, h_j)
+        gb = (g4 * a.conj()).sum(0)  # [l, h_j, l_j] -> m0 (h_j, l, l_j)
+        grads[1] = ga.permute(1, 0, 2)
+        grads[0] = gb.permute(1, 0, 2)
+    else:  # a [h, l, 1, l_j], b [h, 1, h_j, l_j]
+        ga = (g4 * b.conj()).sum(2)  # [h, l, l_j] -> m1
+        gb = (g4 * a.conj()).sum(1)  # [h, h_j, l_j] -> m0 (l_j, h, h_j), zero beyond m1's high blocks
+        grads[1] = ga
+        g0 = gb.permute(2, 0, 1)
+        if g0.shape[1] < m0.shape[1]:
+            g0 = torch.cat((g0, g0.new_zeros((g0.shape[0], m0.shape[1] - g0.shape[1], g0.shape[2]))), dim=1)
+        grads[0] = g0
+    return [g if m.is_complex() or not g.is_complex() else g.real for g, m in zip(grads, mats)]
+
+
+class _KmatrixRowsFn(torch.autograd.Function):
+    """``kmatrix_rows`` with a hand-written backward (see there).  Second-order gradients
+    (``create_graph=True``) rebuild the product as plain differentiable ops."""
+
+    @staticmethod
+    def forward(ctx, tw, spec, start, stop):
+        with torch.enable_grad():  # the pass matrices' graph is kept for the backward
+            leaf = tw.detach().requires_grad_()
+            graph = _all_pass_matrices(leaf, spec)
+        mats = [m.detach() for m in graph]
+        saved: list = []
+        y, groups = _rows_apply(mats, spec, start, stop, saved)
+        ctx.graph, ctx.leaf, ctx.mats, ctx.saved, ctx.groups = graph, leaf, mats, saved, groups
+        ctx.args = (spec, start, stop)
+        ctx.save_for_backward(tw)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        spec, start, stop = ctx.args
+        if torch.is_grad_enabled():  # create_graph: the gradient must itself be differentiable
+            (tw,) = ctx.saved_tensors
+            y = _rows_apply(_all_pass_matrices(tw, spec), spec, start, stop)[0]
+            return torch.autograd.grad(y, tw, gy, create_graph=True)[0], None, None, None
+        gmats = _rows_backward(ctx.mats, spec, ctx.groups, start, stop, ctx.saved, gy.contiguous())
+        graph, leaf = ctx.graph, ctx.leaf
+        ctx.graph = ctx.leaf = ctx.saved = ctx.mats = None  # free the forward's tensors early
+        return torch.autograd.grad(graph, leaf, gmats)[0], None, None, None
 
 
 def butterfly_multiply_dense(x, twiddle, increasing_stride=True):

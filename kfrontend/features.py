@@ -44,6 +44,7 @@ __all__ = [
     "frame_log_energy",
     "power_spectrum",
     "power_spectrum_packed",
+    "power_mel",
     "safe_log",
     "amplitude_to_db",
     "frame_mask",
@@ -386,6 +387,63 @@ def power_spectrum_packed(y: torch.Tensor, n: int, power: float) -> torch.Tensor
         return _safe_power(sq[..., :n, :] + sq[..., n:, :], power).transpose(-1, -2)
     sq = y.square()
     return _safe_power(sq[..., :n] + sq[..., n:], power)
+
+
+def power_mel(y: torch.Tensor, mel: torch.Tensor, n: int, power: float) -> torch.Tensor:
+    """``power_spectrum_packed(y, n, power) @ mel``: the mel energies (..., T, M) of the DFT output
+    ``y = [Re | Im]`` (..., T, 2n) and a filterbank ``mel`` (n, M).
+
+    For the power spectrum (power 2, torchaudio's default), with autograd, this is one custom op
+    (``_PowerMel``): the squares are summed into one (..., n, T) tensor in the layout of the strided
+    conv's output, the filterbank reads it as a transposed BLAS operand, and the backward is the
+    filterbank's transposed matmul plus one product per entry of ``y`` (autograd through the packed
+    power spectrum allocates, zero-fills and copies y-sized gradients several times over).
+    """
+    if power != 2.0 or y.dim() < 2 or y.shape[-1] != 2 * n or not torch.is_grad_enabled() \
+            or not (y.requires_grad or mel.requires_grad) or _in_functorch() \
+            or y.dtype != mel.dtype or y.is_complex():
+        return matmul_last(power_spectrum_packed(y, n, power), mel)
+    batch = y.shape[:-2]
+    yc = y.reshape(-1, *y.shape[-2:]) if y.dim() != 3 else y
+    if y.dim() == 2:
+        yc = y.unsqueeze(0)
+    out = _PowerMel.apply(yc.transpose(-1, -2), mel, n)  # (B, T, M)
+    return out.reshape(*batch, *out.shape[-2:])
+
+
+def _in_functorch() -> bool:
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
+class _PowerMel(torch.autograd.Function):
+    """``(y_re^2 + y_im^2)^T @ mel`` for y (B, 2n, T) (the strided conv's layout; any strides work),
+    forward and backward by hand (see ``power_mel``)."""
+
+    @staticmethod
+    def forward(ctx, yc, mel, n):
+        b, _, t = yc.shape
+        re, im = yc[:, :n], yc[:, n:]
+        p = torch.mul(re, re)
+        p.addcmul_(im, im)  # (B, n, T)
+        out = torch.bmm(p.transpose(1, 2), mel.expand(b, *mel.shape))
+        ctx.save_for_backward(yc, mel, p)
+        ctx.n = n
+        return out
+
+    @staticmethod
+    def backward(ctx, gout):
+        yc, mel, p = ctx.saved_tensors
+        n = ctx.n
+        b, _, t = yc.shape
+        if torch.is_grad_enabled():  # create_graph: the same formulas, differentiable in yc too
+            p = yc[:, :n].square() + yc[:, n:].square()
+        g_y = g_mel = None
+        if ctx.needs_input_grad[1]:
+            g_mel = torch.bmm(p, gout).sum(0)  # (n, M)
+        if ctx.needs_input_grad[0]:
+            gp2 = torch.matmul(2.0 * mel, gout.transpose(1, 2))  # (B, n, T): 2 d out / d p
+            g_y = (yc.reshape(b, 2, n, t) * gp2.unsqueeze(1)).view(b, 2 * n, t)
+        return g_y, g_mel, None
 
 
 def _safe_power(p: torch.Tensor, power: float) -> torch.Tensor:

@@ -142,23 +142,22 @@ def _kaldi_energy(fe, frames: torch.Tensor, window: torch.Tensor) -> torch.Tenso
     return Fe.frame_log_energy(frames, fe.energy_floor)
 
 
-def _spectrum(fe, sig: torch.Tensor, framed: bool, dft_w: torch.Tensor) -> torch.Tensor:
-    """Power spectrum (..., T, n_freqs) from the signal and the windowed DFT columns (win, 2F) (Kaldi's
-    preprocessing folded in)."""
+def _mel_energies(fe, sig: torch.Tensor, framed: bool, dft_w: torch.Tensor, mel_w: torch.Tensor) -> torch.Tensor:
+    """Mel energies (..., T, n_mels) from the signal, the windowed DFT columns (win, 2F) (Kaldi's
+    preprocessing folded in) and the filterbank (F, n_mels)."""
     if fe.framing == "kaldi":
         dft_w = Fe.kaldi_fold(dft_w, fe.remove_dc_offset, fe.preemphasis)
     y = sig @ dft_w if framed else Fe.frames_matmul(sig, dft_w, fe.hop_length, fe.frames_op)
-    return Fe.power_spectrum_packed(y, fe.n_freqs, fe.power)
+    return Fe.power_mel(y, mel_w, fe.n_freqs, fe.power)
 
 
-def _post_spectrum(fe, spec: torch.Tensor, mel, dct, energy, n_frames):
-    """Power spectrum (..., T, F) -> features in the output layout; ``mel`` and ``dct`` are (in, out)
-    matrices or modules applied to the last dim (``dct`` may be None)."""
+def _post_mel(fe, mel: torch.Tensor, dct, energy, n_frames):
+    """Mel energies (..., T, n_mels) -> features in the output layout; ``dct`` is an (in, out) matrix
+    or a module applied to the last dim, or None."""
 
     def apply(stage, x):
         return Fe.matmul_last(x, stage) if isinstance(stage, torch.Tensor) else stage(x)
 
-    mel = apply(mel, spec)
     if fe.log == "log":
         mel = Fe.safe_log(mel, fe.log_offset, fe.log_floor)
     elif fe.log == "db":
@@ -461,11 +460,11 @@ class KaleidoscopeFrontend(_FrontendBase):
             path = "matrix" if (self.path == "auto" or self.structure == "dense") else self.path
             if path == "matrix":
                 dft_w, mel_w, dct_w = self._stage_matrices(window)
-                spec = _spectrum(self, sig, framed, dft_w)
-                out = _post_spectrum(self, spec, mel_w, dct_w, energy, n_frames)
+                mel = _mel_energies(self, sig, framed, dft_w, mel_w)
+                out = _post_mel(self, mel, dct_w, energy, n_frames)
             else:
-                spec = self._spectrum_kernel(_frames_of(self, sig, framed), window)
-                out = _post_spectrum(self, spec, self.mel, self.dct, energy, n_frames)
+                mel = self.mel(self._spectrum_kernel(_frames_of(self, sig, framed), window))
+                out = _post_mel(self, mel, self.dct, energy, n_frames)
         out = self._output(out)
         return out if lengths is None else (out, n_frames)
 
@@ -567,8 +566,8 @@ class FixedFrontend(_FrontendBase):
         refuse_tracing(self)
         with _no_autocast(waveform):
             sig, n_frames, energy = _signal_and_energy(self, waveform, lengths, framed)
-            spec = _spectrum(self, sig, framed, upcast(self.dft_weight))
+            mel = _mel_energies(self, sig, framed, upcast(self.dft_weight), upcast(self.mel_weight))
             dct_w = None if self.dct_weight is None else upcast(self.dct_weight)
-            out = _post_spectrum(self, spec, upcast(self.mel_weight), dct_w, energy, n_frames)
+            out = _post_mel(self, mel, dct_w, energy, n_frames)
         out = self._output(out)
         return out if lengths is None else (out, n_frames)
