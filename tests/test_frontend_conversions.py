@@ -376,6 +376,10 @@ def test_from_transform_copies_each_field():
     assert KF.from_transform(mfcc).top_db is None
     logm = KF.from_transform(torchaudio.transforms.MFCC(n_mfcc=5, log_mels=True, melkwargs=dict(n_fft=64, n_mels=8)))
     assert (logm.log, logm.log_offset, logm.top_db) == ("log", 1e-6, None)
+    # torchaudio's log-mel MFCC takes log(x + 1e-6) whatever is passed: the instance decides
+    logm = KF.from_transform(torchaudio.transforms.MFCC(n_mfcc=5, log_mels=True, melkwargs=dict(n_fft=64, n_mels=8)),
+                             log_offset=1e-3)
+    assert logm.log_offset == 1e-6
 
 
 def test_from_transform_refusals():
@@ -503,6 +507,9 @@ def test_validate_config_normalises_and_keeps_every_key():
             edges["normalized"]) == (2, 1, 0.0, 1e-30, "conv", "frame_length")
     for op in ("auto", "unfold"):
         assert validate_config(_generic_config(frames_op=op))["frames_op"] == op
+    db = validate_config(_generic_config(log="db", top_db=80, log_offset=1, log_floor=2, preemphasis=1))
+    assert db == _generic_config(log="db", top_db=80.0, log_offset=1.0, log_floor=2.0, preemphasis=1.0, power=2.0)
+    assert all(type(db[k]) is float for k in ("top_db", "log_offset", "log_floor", "preemphasis", "power"))
 
 
 VALIDATE_BAD = [
@@ -600,6 +607,7 @@ def test_from_transform_checks_the_instance_and_matches_its_dct():
     (dct_construction "matrix"), one made under a float64 default dtype (create_dct's float64
     values, ortho or None) gets the chirp-z DCT, and a float32 front end never needs the matrix."""
     from kfrontend.conversions import transform_config
+    from kfrontend.filterbanks import create_dct
 
     high = torchaudio.transforms.MelSpectrogram(sample_rate=16000, n_fft=64, n_mels=8, f_max=9000.0)
     with pytest.raises(ValueError, match=_exact("f_max (9000.0) must be <= the Nyquist frequency sample_rate / 2 "
@@ -608,6 +616,11 @@ def test_from_transform_checks_the_instance_and_matches_its_dct():
     mk = dict(n_fft=64, n_mels=12)
     f32 = torchaudio.transforms.MFCC(n_mfcc=6, melkwargs=mk)
     assert transform_config(f32, dict(dtype=D)).get("dct_construction") == "matrix"
+    # One coefficient of 8 mels: every float32 value is within 1e-8 (and 1e-5 relative) of the
+    # float64 one, but not equal to it: only an exact comparison (rtol 0, atol 1e-14) sees that.
+    one = torchaudio.transforms.MFCC(n_mfcc=1, melkwargs=dict(n_fft=64, n_mels=8))
+    assert 0 < (one.dct_mat.double() - create_dct(1, 8, "ortho", dtype=D)).abs().max() <= 1e-8
+    assert transform_config(one, dict(dtype=D)).get("dct_construction") == "matrix"
     assert "dct_construction" not in transform_config(f32, dict(dtype=torch.float32))
     old = torch.get_default_dtype()
     try:
