@@ -358,9 +358,12 @@ class _DoublingFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gz):
         (t,) = ctx.saved_tensors
-        keep, ctx.keep = ctx.keep, None
-        if torch.is_grad_enabled():  # create_graph: differentiate the plain product instead
-            return torch.autograd.grad(_doubling_reference(t), t, gz, create_graph=True)[0]
+        keep, ctx.keep = ctx.keep, None  # freed early; a second backward (retain_graph) recomputes
+        if torch.is_grad_enabled() or keep is None:
+            # create_graph (second-order gradients) or a repeated backward: the plain product
+            create = torch.is_grad_enabled()
+            with torch.enable_grad():
+                return torch.autograd.grad(_doubling_reference(t), t, gz, create_graph=create)[0]
         s_, k, b_ = t.shape[0], t.shape[1], t.shape[-1]
         kk = 2 * t.shape[2]
         g_t = torch.empty_like(t)
@@ -944,10 +947,14 @@ class _KmatrixRowsFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         spec, start, stop = ctx.args
-        if torch.is_grad_enabled():  # create_graph: the gradient must itself be differentiable
+        if torch.is_grad_enabled() or ctx.graph is None:
+            # create_graph (the gradient must itself be differentiable) or a repeated backward
+            # through a retained graph (the forward's tensors are freed after the first): recompute
             (tw,) = ctx.saved_tensors
-            y = _rows_apply(_all_pass_matrices(tw, spec), spec, start, stop)[0]
-            return torch.autograd.grad(y, tw, gy, create_graph=True)[0], None, None, None
+            create = torch.is_grad_enabled()
+            with torch.enable_grad():
+                y = _rows_apply(_all_pass_matrices(tw, spec), spec, start, stop)[0]
+                return torch.autograd.grad(y, tw, gy, create_graph=create)[0], None, None, None
         gmats = _rows_backward(ctx.mats, spec, ctx.groups, start, stop, ctx.saved, gy.contiguous())
         graph, leaf = ctx.graph, ctx.leaf
         ctx.graph = ctx.leaf = ctx.saved = ctx.mats = None  # free the forward's tensors early

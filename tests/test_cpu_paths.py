@@ -280,3 +280,109 @@ def test_worker_threads_follow_the_callers_inference_mode():
         assert xr.grad is not None and torch.isfinite(xr.grad).all()
     finally:
         torch.set_num_threads(old)
+
+
+# ---- the stages' multiply-out: hand-written backward, batched build, both orientations ----------
+@pytest.mark.parametrize("n", [4, 8, 64, 512, 1024])
+@pytest.mark.parametrize("nblocks,inc", [(1, True), (2, False), (3, True)])
+@pytest.mark.parametrize("complex_w", [False, True])
+def test_kmatrix_rows_gradients_equal_reference_both_orientations(n, nblocks, inc, complex_w, monkeypatch):
+    """Values and twiddle gradients of ``kmatrix_rows`` (the custom backward: broadcast product,
+    pass matmuls, batched doubling) against autograd through the stage-by-stage reference, float64,
+    relative 1e-11, with the orientation forced each way (rows > outputs picks the transposed product
+    by cost; a cut row window and outputs exercise every truncation)."""
+    tw = _twiddle(n, nblocks, complex_w, torch.float64, seed=7 * n + nblocks).requires_grad_()
+    g = torch.Generator().manual_seed(n)
+    windows = [(0, n, n), (n // 8, n // 8 + max(1, (5 * n) // 8), n // 2 + 1), (1, n // 2 + 1, max(1, n // 5))]
+    for start, stop, out_f in windows:
+        eye = _identity_rows(n, start, stop)
+        ref_y = kmatrix_multiply(eye, tw[None], out_f, inc, backend="torch")
+        gy = torch.randn(ref_y.shape, dtype=ref_y.dtype, generator=g)
+        ref_g = torch.autograd.grad((ref_y * gy.conj()).real.sum(), tw)[0]
+        for force in (-1.0, 1e30):  # transposed product always / never
+            monkeypatch.setattr(cpu, "_ROWS_PER_ENTRY", 30.0)
+            real_cost = cpu._rows_cost
+
+            def cost(n_, nb_, inc_, rows, stop_, out_, _force=force, _start=start, _stop=stop):
+                c, s = real_cost(n_, nb_, inc_, rows, stop_, out_)
+                transposed_call = rows != _stop - _start or stop_ != _stop
+                return (c + (_force if transposed_call else 0.0)) if _force > 0 else (c - (1e30 if transposed_call else 0.0)), s
+
+            monkeypatch.setattr(cpu, "_rows_cost", cost)
+            y = cpu.kmatrix_rows(tw, inc, out_f, start, stop)
+            got_g = torch.autograd.grad((y * gy.conj()).real.sum(), tw)[0]
+            monkeypatch.setattr(cpu, "_rows_cost", real_cost)
+            assert y.shape == ref_y.shape and y.dtype == ref_y.dtype
+            assert _rel(y, ref_y) < 1e-11, (start, stop, out_f, force)
+            assert _rel(got_g, ref_g) < 1e-11, (start, stop, out_f, force)
+
+
+def test_kmatrix_rows_orientation_follows_the_cost():
+    """Few outputs: the transposed product (fewer rows through every pass); as many outputs as rows:
+    the direct one.  Checked by spying on which twiddles the multiply-out receives."""
+    tw = _twiddle(1024, 2, True, torch.float64, seed=1)
+    seen = []
+    real = cpu._kmatrix_rows_spec
+    try:
+        cpu._kmatrix_rows_spec = lambda t, spec, a, b: (seen.append((spec[4], spec[5], a, b)), real(t, spec, a, b))[1]
+        cpu.kmatrix_rows(tw, True, 40, 0, 201)  # a mel stage: 201 rows, 40 outputs
+        cpu.kmatrix_rows(tw, True, 1024, 0, 1024)
+    finally:
+        cpu._kmatrix_rows_spec = real
+    # spec = (..., in_f (= stop), out_f, ...); the transposed call has in_f = 40 outputs, rows 0:40
+    assert seen[0] == (40, 201, 0, 40)
+    assert seen[1] == (1024, 1024, 0, 1024)
+
+
+@pytest.mark.parametrize("complex_w", [False, True])
+def test_doubling_backward_equals_autograd_and_second_order(complex_w):
+    """_DoublingFn's hand-written backward against autograd through the plain doubling, and its
+    create_graph path (second-order gradients) by gradgradcheck, float64."""
+    dt = torch.complex128 if complex_w else torch.float64
+    g = torch.Generator().manual_seed(5)
+    t = torch.randn(3, 4, 8, 2, 2, 5, dtype=dt, generator=g).requires_grad_()
+    gz = torch.randn(3, 5, 16, 16, dtype=dt, generator=g)
+    z, zr = cpu._DoublingFn.apply(t), cpu._doubling_reference(t)
+    assert torch.equal(z, zr)
+    a = torch.autograd.grad(z, t, gz)[0]
+    b = torch.autograd.grad(zr, t, gz)[0]
+    assert _rel(a, b) < 1e-13
+    small = torch.randn(2, 2, 2, 2, 2, 3, dtype=dt, generator=g).requires_grad_()
+    assert torch.autograd.gradgradcheck(cpu._DoublingFn.apply, (small,))
+
+
+def test_kmatrix_rows_second_order_gradients():
+    """create_graph through the custom backward: gradgradcheck on a small K-matrix (both
+    orientations are reached: 6 rows -> 3 outputs and 3 rows -> 6 outputs)."""
+    tw = _twiddle(8, 2, True, torch.float64, seed=2).requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda t: cpu.kmatrix_rows(t, True, 3, 1, 7), (tw,))
+    assert torch.autograd.gradgradcheck(lambda t: cpu.kmatrix_rows(t, False, 6, 2, 5), (tw,))
+
+
+def test_kmatrix_rows_under_two_threads_and_inference_mode():
+    """The worker-thread and inference-mode paths give the same numbers as one thread."""
+    tw = _twiddle(512, 3, True, torch.float64, seed=4).requires_grad_()
+    gy = torch.randn(400, 257, dtype=torch.complex128, generator=torch.Generator().manual_seed(0))
+    before = torch.get_num_threads()
+    out = {}
+    try:
+        for th in (1, 2):
+            torch.set_num_threads(th)
+            y = cpu.kmatrix_rows(tw, True, 257, 56, 456)
+            out[th] = (y.detach(), torch.autograd.grad((y * gy.conj()).real.sum(), tw)[0])
+            with torch.inference_mode():
+                assert _rel(cpu.kmatrix_rows(tw, True, 257, 56, 456), out[th][0]) < 1e-13
+    finally:
+        torch.set_num_threads(before)
+    assert _rel(out[2][0], out[1][0]) < 1e-13 and _rel(out[2][1], out[1][1]) < 1e-13
+
+
+def test_kmatrix_rows_backward_twice_with_retain_graph():
+    """The custom backward frees the forward's tensors after use; a second backward through a
+    retained graph recomputes and gives the same gradient."""
+    tw = _twiddle(64, 2, True, torch.float64, seed=9).requires_grad_()
+    y = cpu.kmatrix_rows(tw, True, 20, 3, 50)
+    loss = (y.abs() ** 2).sum()
+    g1 = torch.autograd.grad(loss, tw, retain_graph=True)[0]
+    g2 = torch.autograd.grad(loss, tw)[0]
+    assert _rel(g2, g1) < 1e-13

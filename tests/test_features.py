@@ -399,3 +399,51 @@ def test_per_item_framing_on_cuda():
     assert lengths.device == x.device
     kw = dict(n_fft=64, hop_length=16, win_length=48)
     _close(Fe.stft_frames(x, lengths=lengths, **kw).cpu(), Fe.stft_frames(x.cpu(), lengths=lengths.cpu(), **kw))
+
+
+# ---- power_mel: |Y|^2 @ mel as one op (the training path's power spectrum and filterbank) --------
+def _power_mel_reference(y, mel, n):
+    """Written from the definition, independent of power_spectrum_packed: (re^2 + im^2) @ mel."""
+    re, im = y[..., :n], y[..., n:]
+    return (re * re + im * im) @ mel
+
+
+@pytest.mark.parametrize("layout", ["conv", "contiguous"])
+@pytest.mark.parametrize("batch", [(), (3,), (2, 3)])
+def test_power_mel_values_and_gradients(layout, batch):
+    """Values, first and second derivatives of ``power_mel`` (the custom op for power 2) against the
+    definition through autograd, float64, relative 1e-12; both layouts the framing produces (the
+    strided conv's transposed view and unfold + matmul's contiguous rows) and 1-3 batch dims."""
+    g = torch.Generator().manual_seed(len(batch))
+    n, t, m = 9, 7, 4
+    if layout == "conv":
+        y = torch.randn(*batch, 2 * n, t, dtype=torch.float64, generator=g).transpose(-1, -2)
+    else:
+        y = torch.randn(*batch, t, 2 * n, dtype=torch.float64, generator=g)
+    y.requires_grad_()
+    mel = torch.rand(n, m, dtype=torch.float64, generator=g).requires_grad_()
+    out, ref = Fe.power_mel(y, mel, n, 2.0), _power_mel_reference(y, mel, n)
+    assert out.shape == ref.shape == (*batch, t, m)
+    assert ((out - ref).abs().max() / ref.abs().max()).item() < 1e-12
+    gout = torch.randn(out.shape, dtype=torch.float64, generator=g)
+    got = torch.autograd.grad(out, (y, mel), gout)
+    want = torch.autograd.grad(ref, (y, mel), gout)
+    for a, b in zip(got, want):
+        assert ((a - b).abs().max() / b.abs().max()).item() < 1e-12
+    # only one input requiring grad: the other gradient is not computed
+    (gm,) = torch.autograd.grad(Fe.power_mel(y.detach(), mel, n, 2.0), mel, gout)
+    assert ((gm - want[1]).abs().max() / want[1].abs().max()).item() < 1e-12
+    small_y = y.detach()[..., :3, :].clone().requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda a, b: Fe.power_mel(a, b, n, 2.0), (small_y, mel))
+
+
+def test_power_mel_other_powers_and_no_grad_use_the_plain_path():
+    """power 1 (magnitude) and calls without autograd give power_spectrum_packed @ mel exactly."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(2, 5, 12, dtype=torch.float64, generator=g)
+    mel = torch.rand(6, 3, dtype=torch.float64, generator=g)
+    for power in (1.0, 2.0):
+        want = Fe.power_spectrum_packed(y, 6, power) @ mel
+        assert torch.equal(Fe.power_mel(y, mel, 6, power), want)
+    mag = torch.sqrt(y[..., :6] ** 2 + y[..., 6:] ** 2) @ mel
+    assert torch.allclose(Fe.power_mel(y, mel, 6, 1.0), mag, rtol=1e-13, atol=0)
