@@ -298,3 +298,21 @@ def test_transposed_kmatrix_refusals_and_edges():
     _close(F.kmatrix_multiply(y, tw, 8, transpose=True), y @ m.T[:, :8])  # 16 outputs, 8 inputs: the edges
     y1 = torch.randn(2, 1, dtype=D)
     _close(F.kmatrix_multiply(y1, tw, 1, transpose=True), y1 @ m.T[:1, :1])
+
+
+@pytest.mark.parametrize("backend", ["torch", "blocked", "auto"])
+def test_leading_dimensions_other_than_one(backend):
+    """The feature axis is the last one whatever x's rank: 1-d and 3-d inputs, forward (3 stacks,
+    padded) and transposed, against the dense matrix; a too-wide 3-d input is refused."""
+    tw = _tw((3, 2, 3, 4, 2, 2), seed=22)  # 24 x 8
+    m = torch.cat([_dense(tw[k], True) for k in range(3)], -1)  # x (.., 8) @ m (8, 24)
+    x3 = _tw((2, 3, 6), seed=23)
+    _close(F.kmatrix_multiply(x3, tw, 20, True, backend), x3 @ m[:6, :20])
+    x1 = _tw((6,), seed=24)
+    _close(F.kmatrix_multiply(x1, tw, 20, True, backend), x1 @ m[:6, :20])
+    y3 = _tw((2, 3, 20), seed=25)
+    _close(F.kmatrix_multiply(y3, tw, 6, True, backend, transpose=True), y3 @ m[:6, :20].T)
+    y1 = _tw((20,), seed=26)
+    _close(F.kmatrix_multiply(y1, tw, 6, True, backend, transpose=True), y1 @ m[:6, :20].T)
+    with pytest.raises(ValueError, match=r"^x.shape\[-1\] = 9 is larger than the K-matrix size N = 8$"):
+        F.kmatrix_multiply(torch.randn(2, 3, 9, dtype=D), tw, 8, True, backend)
