@@ -211,10 +211,12 @@ def test_kmatrix_multiply_full_width_input_is_not_padded(monkeypatch):
 def test_kmatrix_multiply_auto_off_cpu(calls, monkeypatch, verdict):
     """auto where auto_backend says "dense" (CUDA, kernel not verified): the CPU module's dense path
     (one matmul); where it says "triton" on a CPU tensor: still the CPU path with "auto"."""
-    monkeypatch.setattr(F, "auto_backend", lambda dev, xd, td: verdict)
-    tw = _tw((1, 1, 3, 4, 2, 2), seed=13)
-    x = _tw((2, 8), seed=14)
+    asked = []
+    monkeypatch.setattr(F, "auto_backend", lambda dev, xd, td: asked.append((dev, xd, td)) or verdict)
+    tw = _tw((1, 1, 3, 4, 2, 2), seed=13).float()
+    x = _tw((2, 8), complex_=True, seed=14).to(torch.complex64)
     F.kmatrix_multiply(x, tw, 8)
+    assert asked == [("cpu", torch.complex64, torch.float32)]  # the devices and dtypes it is asked about
     assert _names(calls)[0] == "kmatrix_multiply_cpu"
     assert calls[0][1][4] == ("dense" if verdict == "dense" else "auto")
 
