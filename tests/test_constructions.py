@@ -473,7 +473,7 @@ def test_tensor_data_that_requires_grad_and_widen_of_a_half_module():
     assert torch.equal(w.to_dense(), m.to_dense())
 
 
-def test_permutation_refuses_non_integer_indices_and_matrix_refuses_complex_or_grad_free_reads():
+def test_permutation_refuses_non_integer_indices_and_matrix_refuses_complex_values():
     """permutation([1.5, 0.0]) was read as [1, 0] (numpy's int cast truncates): float or bool
     indices are refused by name; integer numpy / torch indices of any width are taken.  matrix()
     refuses complex values (it is a real map) and reads a tensor that requires grad detached, like

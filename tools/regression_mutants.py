@@ -52,6 +52,15 @@ MUTANTS = {
                        'ours.update(log="db", top_db=a2db.top_db, amin=a2db.amin',
                        'ours.update(log="db", amin=a2db.amin',
                        [R + "test_from_transform_mfcc_keeps_top_db_on_a_batch_with_a_quiet_item"]),
+    # Found by the mutation runs themselves (docs/TESTING.md): nblocks with a twiddle ignored, and
+    # float permutation indices truncated to integers.
+    "nblocks-ignored": ("kfrontend/layers.py", "        if blocks_given is not None and nblocks != blocks_given:",
+                        "        if False:",
+                        ["tests/test_constructions.py::test_butterfly_nblocks_must_agree_with_the_twiddle"]),
+    "float-perm-truncated": ("kfrontend/constructions.py", '    if raw.size and raw.dtype.kind not in "iu":',
+                             "    if False:",
+                             ["tests/test_constructions.py::test_permutation_refuses_non_integer_indices_and_matrix_"
+                              "refuses_complex_values"]),
     # bf16 arithmetic instead of fp32 for bf16 input (the bf16 test's tolerance must see it)
     "bf16-arithmetic": (("kfrontend/reference.py", "kfrontend/functional.py"), "    return torch.promote_types(xd, twiddle.dtype)",
                         "    return x.dtype if x.dtype == torch.bfloat16 else torch.promote_types(xd, twiddle.dtype)",
