@@ -1,20 +1,31 @@
-"""Training-step time of the recipe's model with each front end, side by side in one process.
+"""Training-step time and memory of the recipe's model with each front end, side by side.
 
-A user fine-tuning the front end pays in every step: this prints, for the recipe's `small` model
-and one batch of 8 utterances, the median time of forward + backward + optimizer step with the fixed
+A user fine-tuning the front end pays in every step: this prints, for the recipe's model and one
+batch of 8 utterances, the median time of forward + backward + optimizer step with the fixed
 torchaudio log-mel (`mfsc`, the baseline), the learnable K-matrix front end (`kaleidoscope`) and the
 learnable dense one (`dense`), with ratios to `mfsc`. The front ends are interleaved round by round
-so that load changes hit them alike.
+so that load changes hit them alike; besides wall time the table gives the process's CPU time per
+step (less sensitive to other jobs on a shared machine; with 2 threads it counts both).
+
+`--memory` adds the peak memory of a training step: each front end runs alone in a fresh process,
+and the peak resident size over 3 steps is compared with the resident size before the first step.
+
+The C allocator is tuned as the recipe tunes it for CPU training (`kfrontend.cpu.keep_freed_memory`);
+`--malloc default` keeps glibc's defaults (freed memory returned to the OS and faulted back in).
 
     python benchmarks/bench_train_step.py --data DIR        # manifests written by `recipes.timit prepare`
     python benchmarks/bench_train_step.py                   # a small synthetic corpus made on the fly
-    python benchmarks/bench_train_step.py --n-fft 400 512 --threads 1 2 --rounds 12
+    python benchmarks/bench_train_step.py --n-fft 400 512 --threads 1 2 --rounds 12 --memory
+    python benchmarks/bench_train_step.py --config paper --n-fft 400 --threads 1 --rounds 3
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from kfrontend.cpu import keep_freed_memory  # noqa: E402
 from recipes.timit.data import Utterances, collate  # noqa: E402
 from recipes.timit.model import Recognizer  # noqa: E402
 from recipes.timit.prepare import load_manifest, prepare  # noqa: E402
@@ -38,37 +50,85 @@ def _batch(data: Path, n: int = 8):
     return collate([ds[i] for i in range(len(rows))])
 
 
-def measure(batch, n_fft: int, threads: int, rounds: int) -> dict[str, float]:
-    """Median seconds per training step for each front end (the first 2 rounds are warm-up)."""
+def _model(kind: str, n_fft: int, config: str):
+    cfg = load_config(config, {"frontend": kind, "dropout": 0.0, "n_fft": n_fft, "win_length": 400,
+                               "frontend_freeze_epochs": 0})
+    torch.manual_seed(0)
+    model = Recognizer(cfg)
+    return model, _optimizer(model, cfg)
+
+
+def _step(model, opt, batch) -> None:
+    lp, n = model(batch["wave"], batch["lengths"])
+    F.ctc_loss(lp.transpose(0, 1), batch["targets"], n, batch["target_lengths"]).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def measure(batch, n_fft: int, threads: int, rounds: int, config: str) -> dict[str, tuple[float, float]]:
+    """(median wall seconds, median CPU seconds) per training step for each front end (the first 2
+    rounds are warm-up)."""
     torch.set_num_threads(threads)
-    models, opts = {}, {}
-    for k in KINDS:
-        cfg = load_config("small", {"frontend": k, "dropout": 0.0, "n_fft": n_fft, "win_length": 400,
-                                    "frontend_freeze_epochs": 0})
-        torch.manual_seed(0)
-        models[k] = Recognizer(cfg)
-        opts[k] = _optimizer(models[k], cfg)
-    times = {k: [] for k in KINDS}
+    models = {k: _model(k, n_fft, config) for k in KINDS}
+    wall = {k: [] for k in KINDS}
+    cpu = {k: [] for k in KINDS}
     for r in range(rounds + 2):
         for k in KINDS:
-            m, o = models[k], opts[k]
-            t0 = time.perf_counter()
-            lp, n = m(batch["wave"], batch["lengths"])
-            F.ctc_loss(lp.transpose(0, 1), batch["targets"], n, batch["target_lengths"]).backward()
-            o.step()
-            o.zero_grad(set_to_none=True)
+            t0, c0 = time.perf_counter(), time.process_time()
+            _step(*models[k], batch)
             if r >= 2:
-                times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+                wall[k].append(time.perf_counter() - t0)
+                cpu[k].append(time.process_time() - c0)
+    return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in KINDS}
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _memory_child(data: Path, kind: str, n_fft: int, threads: int, config: str) -> None:
+    """Runs in its own process: prints {"before": resident bytes before the first step, "peak": peak
+    resident bytes over 3 steps}."""
+    torch.set_num_threads(threads)
+    batch = _batch(data)
+    model, opt = _model(kind, n_fft, config)
+    before = _rss_bytes()
+    for _ in range(3):
+        _step(model, opt, batch)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    print(json.dumps({"before": before, "peak": peak}))
+
+
+def peak_memory(data: Path, n_fft: int, threads: int, config: str, malloc: str) -> dict[str, float]:
+    """Peak resident growth of a training step (MB), each front end in a fresh process."""
+    out = {}
+    for k in KINDS:
+        cmd = [sys.executable, os.path.abspath(__file__), "--data", str(data), "--malloc", malloc,
+               "--config", config, "--memory-child", f"{k}:{n_fft}:{threads}"]
+        res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        out[k] = (res["peak"] - res["before"]) / 1e6
+    return out
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="prepared manifests (default: synthesise a small corpus)")
+    ap.add_argument("--config", default="small", choices=["small", "paper"], help="the recipe's model size")
     ap.add_argument("--n-fft", nargs="+", type=int, default=[400, 512])
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--memory", action="store_true", help="also measure each front end's peak step memory")
+    ap.add_argument("--malloc", choices=["tuned", "default"], default="tuned",
+                    help="tuned: kfrontend.cpu.keep_freed_memory(), as the recipe does (default)")
+    ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.malloc == "tuned" and not keep_freed_memory():
+        print("note: not glibc; the allocator is left as it is")
+    if a.memory_child:
+        kind, n_fft, threads = a.memory_child.split(":")
+        _memory_child(Path(a.data), kind, int(n_fft), int(threads), a.config)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(a.data) if a.data else None
         if data is None:
@@ -77,16 +137,23 @@ def main(argv=None):
             data = Path(tmp) / "data"
             prepare(corpus, data, progress=False)
         batch = _batch(data)
-    audio_s = float(batch["lengths"].sum()) / 16000
-    print(f"recipe `small` model, batch of {batch['wave'].shape[0]} utterances ({audio_s:.1f} s of audio), "
-          f"forward + backward + AdamW step, median of {a.rounds} interleaved rounds; torch {torch.__version__}")
-    print("| n_fft | threads | front end | ms / step | vs mfsc |")
-    print("|---|---|---|---|---|")
-    for n_fft in a.n_fft:
-        for th in a.threads:
-            med = measure(batch, n_fft, th, a.rounds)
-            for k in KINDS:
-                print(f"| {n_fft} | {th} | {k} | {1000 * med[k]:.0f} | {med[k] / med['mfsc']:.2f} |", flush=True)
+        audio_s = float(batch["lengths"].sum()) / 16000
+        print(f"recipe `{a.config}` model, batch of {batch['wave'].shape[0]} utterances ({audio_s:.1f} s of audio), "
+              f"forward + backward + AdamW step, median of {a.rounds} interleaved rounds; malloc {a.malloc}; "
+              f"torch {torch.__version__}")
+        mem_cols = " peak step memory MB | vs mfsc |" if a.memory else ""
+        print(f"| n_fft | threads | front end | ms / step | vs mfsc | CPU ms / step | vs mfsc |{mem_cols}")
+        print("|---|---|---|---|---|---|---|" + ("---|---|" if a.memory else ""))
+        for n_fft in a.n_fft:
+            for th in a.threads:
+                med = measure(batch, n_fft, th, a.rounds, a.config)
+                mem = peak_memory(data, n_fft, th, a.config, a.malloc) if a.memory else None
+                for k in KINDS:
+                    (w, c), (w0, c0) = med[k], med["mfsc"]
+                    row = f"| {n_fft} | {th} | {k} | {1000 * w:.0f} | {w / w0:.2f} | {1000 * c:.0f} | {c / c0:.2f} |"
+                    if mem:
+                        row += f" {mem[k]:.0f} | {mem[k] / mem['mfsc']:.2f} |"
+                    print(row, flush=True)
 
 
 if __name__ == "__main__":

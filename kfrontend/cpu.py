@@ -24,6 +24,8 @@ identity of ``in`` rows) and does one matmul; for real input and complex weights
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import math
 import os
@@ -42,7 +44,6 @@ from kfrontend.reference import (
     compute_dtype,
     output_dtype,
     stride_of,
-    transposed_twiddle,
 )
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "kmatrix_backend",
     "kmatrix_rows",
     "plan_passes",
+    "keep_freed_memory",
 ]
 
 # Rows per chunk: ~1.6 MB of complex64 at N = 1024, and 8 mod 16 (see the module docstring).
@@ -283,14 +285,23 @@ def _pass_matrix(tw, spec, idx: int) -> torch.Tensor:
 # Every pass's matrices at once (the multiplied-out stages: one build per training step)
 # ----------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=256)
-def _sweep_layout(n: int, nblocks: int, increasing_stride: bool, split: int):
-    """For each bit group: ``(sweeps, index)``, the sweeps of every pass on that group (pass index,
-    decreasing?) in plan order, and the positions in ``tw.flatten()`` (real or complex entries) of
-    their twiddles in the layout ``_doubling`` takes: (sweeps, k, K / 2, 2, 2, batch), factors in
-    increasing bit order, a decreasing sweep's 2 x 2 blocks transposed (see ``_group_matrices``)."""
+def _sweep_layout(n: int, nblocks: int, increasing_stride: bool, split: int, flip: bool = False):
+    """How ``_all_pass_matrices`` builds every pass: ``(runs, jobs, index, inverse)``.
+
+    ``jobs``: one per doubling, ``(count, sweeps)``, ``sweeps`` being (pass index, decreasing?) in
+    plan order; the two bit groups share one doubling when their blocks have the same size.
+    ``index``: positions in ``tw.flatten()`` (real or complex entries) of every job's twiddles, jobs
+    one after the other, each in the layout ``_doubling`` takes: (sweeps, k, K / 2, 2, 2, batch),
+    factors in increasing bit order, a decreasing sweep's 2 x 2 blocks transposed (see
+    ``_group_matrices``).  Every twiddle is used once, so ``index`` is a permutation and
+    ``inverse`` its inverse (the gather's backward is a gather too).  ``flip``: positions in the
+    twiddle of the transposed product instead (``transposed_twiddle``: blocks and factors reversed,
+    2 x 2 blocks transposed), read from the original's, so no transposed copy is made.
+    """
     log_n = n.bit_length() - 1
     runs = plan_passes(n, nblocks, increasing_stride, split)
-    layout = []
+    oi = torch.arange(4).view(2, 2)
+    groups = []
     for grp in (0, 1):
         a, k = (0, split) if grp == 0 else (split, log_n - split)
         kk, ll = 1 << k, 1 << a
@@ -308,14 +319,41 @@ def _sweep_layout(n: int, nblocks: int, increasing_stride: bool, split: int):
         c = torch.arange(kk // 2).view(1, 1, kk // 2)
         l_ = torch.arange(ll).view(1, ll, 1)
         pair = ((h * (kk // 2) + c) * ll + l_).reshape(hh * ll, kk // 2)
-        oi = torch.arange(4).view(2, 2)
         index = torch.empty(len(sweeps), k, kk // 2, 2, 2, hh * ll, dtype=torch.long)
         for si, (sweep, decreasing) in enumerate(factors):
             for j, (b, f, _) in enumerate(sweep):
-                pos = ((b * log_n + f) * (n // 2) + pair)[..., None, None] * 4 + (oi.t() if decreasing else oi)
+                if flip:
+                    b, f = nblocks - 1 - b, log_n - 1 - f
+                pos = ((b * log_n + f) * (n // 2) + pair)[..., None, None] * 4 + (oi.t() if decreasing != flip else oi)
                 index[si, j] = pos.permute(1, 2, 3, 0)
-        layout.append((sweeps, index))
-    return runs, layout
+        if sweeps:
+            groups.append((sweeps, index))
+    if len(groups) == 2 and groups[0][1].shape[1:] == groups[1][1].shape[1:]:
+        groups = [(groups[0][0] + groups[1][0], torch.cat((groups[0][1], groups[1][1])))]
+    index = torch.cat([i.reshape(-1) for _, i in groups])
+    inverse = torch.empty_like(index)
+    inverse[index] = torch.arange(index.numel())
+    if index.numel() != nblocks * log_n * n * 2 or not torch.equal(index[inverse], torch.arange(index.numel())):
+        raise AssertionError("the pass layout must use every twiddle entry exactly once")  # pragma: no cover
+    jobs = [(i.shape, sweeps) for sweeps, i in groups]
+    return runs, jobs, index, inverse
+
+
+class _PermuteFn(torch.autograd.Function):
+    """``flat[index]`` for a permutation ``index``; the backward is the gather by its inverse (not
+    a zero fill and an accumulating scatter)."""
+
+    @staticmethod
+    def forward(ctx, flat, index, inverse):
+        ctx.save_for_backward(index, inverse)
+        return flat[index]
+
+    @staticmethod
+    def backward(ctx, g):
+        index, inverse = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph
+            return _PermuteFn.apply(g, inverse, index), None, None
+        return g[inverse], None, None
 
 
 def _doubling_levels(t: torch.Tensor, keep: list | None) -> torch.Tensor:
@@ -409,18 +447,25 @@ def _doubling(t: torch.Tensor) -> torch.Tensor:
     return _doubling_levels(t, None).permute(0, 3, 1, 2)
 
 
-def _all_pass_matrices(tw: torch.Tensor, spec) -> list[torch.Tensor]:
-    """``[_pass_matrix(tw, spec, i) for every pass]`` in a few batched ops: all sweeps on one bit
-    group are built together (one gather of their twiddles, one doubling), so a stage's build costs
-    tens of ops instead of hundreds (differentiable; the front end runs it once per step)."""
+def _all_pass_matrices(tw: torch.Tensor, spec, flip: bool = False) -> list[torch.Tensor]:
+    """``[_pass_matrix(tw, spec, i) for every pass]`` in a few batched ops: one gather of every
+    twiddle into the doubling's layout and one doubling per block size, so a stage's build costs
+    tens of ops instead of hundreds (differentiable; the front end runs it once per step).
+    ``flip``: the passes of the transposed product (``transposed_twiddle(tw)``, whose stride order
+    ``spec`` gives), read from ``tw`` itself."""
     n, nblocks, increasing_stride, split, in_f, out_f, real_first = spec
-    runs, layout = _sweep_layout(n, nblocks, increasing_stride, split)
+    runs, jobs, index, inverse = _sweep_layout(n, nblocks, increasing_stride, split, flip)
     flat = tw.reshape(-1)
+    if in_functorch() or flat.device != index.device:
+        gathered = flat[index.to(flat.device)]
+    else:
+        gathered = _PermuteFn.apply(flat, index, inverse)
     per_pass: list[list[torch.Tensor]] = [[] for _ in runs]
-    for sweeps, index in layout:
-        if not sweeps:
-            continue
-        z = _doubling(flat[index.to(tw.device)])
+    offset = 0
+    for shape, sweeps in jobs:
+        size = math.prod(shape)
+        z = _doubling(gathered[offset: offset + size].view(shape))
+        offset += size
         for si, (pidx, decreasing) in enumerate(sweeps):
             per_pass[pidx].append(z[si].transpose(-1, -2) if decreasing else z[si])
     e_in, e_out = _extents(n, split, in_f, out_f)
@@ -822,19 +867,19 @@ def kmatrix_rows(tw: torch.Tensor, increasing_stride: bool, out_f: int, start: i
     last_increasing = block_is_increasing(nblocks - 1, increasing_stride)
     cost_t, split_t = _rows_cost(n, nblocks, not last_increasing, out_f, out_f, stop)
     if cost_t < cost:
-        tw_t, inc_t = transposed_twiddle(tw, increasing_stride)
-        spec = (n, nblocks, inc_t, split_t, out_f, stop, False)
-        return _kmatrix_rows_spec(tw_t, spec, 0, out_f)[:, start:stop].transpose(0, 1)
+        # the transposed product's twiddle (transposed_twiddle) is read from tw by the pass layout
+        spec = (n, nblocks, not last_increasing, split_t, out_f, stop, False)
+        return _kmatrix_rows_spec(tw, spec, 0, out_f, flip=True)[:, start:stop].transpose(0, 1)
     return _kmatrix_rows_spec(tw, (n, nblocks, increasing_stride, split, stop, out_f, False), start, stop)
 
 
-def _kmatrix_rows_spec(tw: torch.Tensor, spec, start: int, stop: int) -> torch.Tensor:
+def _kmatrix_rows_spec(tw: torch.Tensor, spec, start: int, stop: int, flip: bool = False) -> torch.Tensor:
     if not (torch.is_grad_enabled() and tw.requires_grad):
         with torch.no_grad():
-            return _rows_apply(_all_pass_matrices(tw, spec), spec, start, stop, [])[0]
+            return _rows_apply(_all_pass_matrices(tw, spec, flip), spec, start, stop, [])[0]
     if in_functorch():  # custom Functions cannot run under torch.func transforms: plain ops
-        return _rows_apply(_all_pass_matrices(tw, spec), spec, start, stop)[0]
-    return _KmatrixRowsFn.apply(tw, spec, start, stop)
+        return _rows_apply(_all_pass_matrices(tw, spec, flip), spec, start, stop)[0]
+    return _KmatrixRowsFn.apply(tw, spec, start, stop, flip)
 
 
 def _rows_apply(mats, spec, start: int, stop: int, saved: list | None = None):
@@ -932,33 +977,33 @@ class _KmatrixRowsFn(torch.autograd.Function):
     (``create_graph=True``) rebuild the product as plain differentiable ops."""
 
     @staticmethod
-    def forward(ctx, tw, spec, start, stop):
+    def forward(ctx, tw, spec, start, stop, flip):
         with torch.enable_grad():  # the pass matrices' graph is kept for the backward
             leaf = tw.detach().requires_grad_()
-            graph = _all_pass_matrices(leaf, spec)
+            graph = _all_pass_matrices(leaf, spec, flip)
         mats = [m.detach() for m in graph]
         saved: list = []
         y, groups = _rows_apply(mats, spec, start, stop, saved)
         ctx.graph, ctx.leaf, ctx.mats, ctx.saved, ctx.groups = graph, leaf, mats, saved, groups
-        ctx.args = (spec, start, stop)
+        ctx.args = (spec, start, stop, flip)
         ctx.save_for_backward(tw)
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        spec, start, stop = ctx.args
+        spec, start, stop, flip = ctx.args
         if torch.is_grad_enabled() or ctx.graph is None:
             # create_graph (the gradient must itself be differentiable) or a repeated backward
             # through a retained graph (the forward's tensors are freed after the first): recompute
             (tw,) = ctx.saved_tensors
             create = torch.is_grad_enabled()
             with torch.enable_grad():
-                y = _rows_apply(_all_pass_matrices(tw, spec), spec, start, stop)[0]
-                return torch.autograd.grad(y, tw, gy, create_graph=create)[0], None, None, None
+                y = _rows_apply(_all_pass_matrices(tw, spec, flip), spec, start, stop)[0]
+                return torch.autograd.grad(y, tw, gy, create_graph=create)[0], None, None, None, None
         gmats = _rows_backward(ctx.mats, spec, ctx.groups, start, stop, ctx.saved, gy.contiguous())
         graph, leaf = ctx.graph, ctx.leaf
         ctx.graph = ctx.leaf = ctx.saved = ctx.mats = None  # free the forward's tensors early
-        return torch.autograd.grad(graph, leaf, gmats)[0], None, None, None
+        return torch.autograd.grad(graph, leaf, gmats)[0], None, None, None, None
 
 
 def butterfly_multiply_dense(x, twiddle, increasing_stride=True):
@@ -1042,3 +1087,38 @@ def kmatrix_multiply_cpu(
             raise ValueError(f"method must be 'auto', 'blocked', 'dense' or 'torch', got {method!r}")
     y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
     return y.reshape(*lead, out_features).to(output_dtype(x, twiddle))
+
+
+# ----------------------------------------------------------------------------------------------
+# The C allocator (a process setting, for training programs)
+# ----------------------------------------------------------------------------------------------
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory(limit: int = 1 << 30) -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of returning it to the OS (mallopt:
+    trim and mmap thresholds raised to ``limit`` bytes).  Returns False where the C library is not
+    glibc (nothing is changed).
+
+    Why: PyTorch's CPU allocator has no cache, so every tensor is a malloc.  A training step with the
+    learnable front end allocates and frees MB-sized temporaries (the stage products and their
+    gradients), and with glibc's defaults a free at the top of the heap returns the pages to the OS,
+    which the next step then faults back in, zero-filled: about 10,000 page faults per step of the
+    recipe's small model (40 MB), 4 ms of system time for the n_fft 512 DFT stage alone
+    (docs/BENCHMARKS.md).  The price is a resident size that stays at its peak, as GPU caching
+    allocators do.  Same effect as ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_MMAP_THRESHOLD_`` in the
+    environment, or LD_PRELOAD of jemalloc / tcmalloc.  The TIMIT recipe calls it for CPU
+    training; a library import never does (it is the program's choice).
+    """
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        libc.gnu_get_libc_version  # glibc only  # noqa: B018
+    except (OSError, AttributeError):
+        return False
+    ok = libc.mallopt(_M_TRIM_THRESHOLD, int(limit)) == 1
+    # glibc may refuse an mmap threshold above its maximum (32 MB on 64-bit builds); keep that then.
+    ok &= libc.mallopt(_M_MMAP_THRESHOLD, int(limit)) == 1 or libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20) == 1
+    return bool(ok)

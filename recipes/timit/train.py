@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kfrontend.cpu import keep_freed_memory
 from recipes.timit.data import Utterances, collate, epoch_batches, feasible, shard
 from recipes.timit.evaluate import decode_rows, load_checkpoint, score
 from recipes.timit.model import FRONTENDS, LEARNABLE, Recognizer
@@ -152,6 +153,10 @@ def _train(data, exp, cfg: dict, *, progress: bool) -> dict:
         # small LSTMs gain little from more threads, and OpenMP threads spinning on a busy or
         # shared machine (DDP ranks, data workers, other jobs) can slow a step down tenfold
         torch.set_num_threads(cfg["cpu_threads"])
+    if kind == "cpu":
+        # glibc would return each step's freed temporaries to the OS and fault them back in
+        # (~10k page faults per step with a learnable front end; kfrontend.cpu.keep_freed_memory)
+        keep_freed_memory()
     if kind == "cuda":
         torch.cuda.set_device(device)
     dist.init(kind)
