@@ -978,13 +978,18 @@ class _KmatrixRowsFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, tw, spec, start, stop, flip):
-        with torch.enable_grad():  # the pass matrices' graph is kept for the backward
-            leaf = tw.detach().requires_grad_()
-            graph = _all_pass_matrices(leaf, spec, flip)
-        mats = [m.detach() for m in graph]
-        saved: list = []
-        y, groups = _rows_apply(mats, spec, start, stop, saved)
-        ctx.graph, ctx.leaf, ctx.mats, ctx.saved, ctx.groups = graph, leaf, mats, saved, groups
+        def run():
+            with torch.enable_grad():  # the pass matrices' graph is kept for the backward
+                leaf = tw.detach().requires_grad_()
+                graph = _all_pass_matrices(leaf, spec, flip)
+            with torch.no_grad():
+                mats = [m.detach() for m in graph]
+                saved: list = []
+                y, groups = _rows_apply(mats, spec, start, stop, saved)
+            return y, (graph, leaf, mats, saved, groups)
+
+        y, state = _single_threaded(run, tw)
+        ctx.graph, ctx.leaf, ctx.mats, ctx.saved, ctx.groups = state
         ctx.args = (spec, start, stop, flip)
         ctx.save_for_backward(tw)
         return y
@@ -1000,10 +1005,43 @@ class _KmatrixRowsFn(torch.autograd.Function):
             with torch.enable_grad():
                 y = _rows_apply(_all_pass_matrices(tw, spec, flip), spec, start, stop)[0]
                 return torch.autograd.grad(y, tw, gy, create_graph=create)[0], None, None, None, None
-        gmats = _rows_backward(ctx.mats, spec, ctx.groups, start, stop, ctx.saved, gy.contiguous())
-        graph, leaf = ctx.graph, ctx.leaf
+        mats, groups, saved, graph, leaf = ctx.mats, ctx.groups, ctx.saved, ctx.graph, ctx.leaf
         ctx.graph = ctx.leaf = ctx.saved = ctx.mats = None  # free the forward's tensors early
-        return torch.autograd.grad(graph, leaf, gmats)[0], None, None, None, None
+
+        def run():
+            with torch.no_grad():
+                gmats = _rows_backward(mats, spec, groups, start, stop, saved, gy.contiguous())
+            return torch.autograd.grad(graph, leaf, gmats)[0]
+
+        return _single_threaded(run, gy), None, None, None, None
+
+
+def run_parallel(fns, like: torch.Tensor) -> list:
+    """``[f() for f in fns]``, the calls side by side on the calling thread's single-threaded workers
+    when it runs more than one thread on CPU tensors (the front end's stages are multiplied out
+    concurrently: each is a few dozen small ops, better one per core than each op split over the
+    cores).  The caller's grad mode (and inference mode) hold in the workers.  Inline under
+    torch.compile, torch.func transforms, on other devices or with one thread."""
+    if (torch.compiler.is_compiling() or len(fns) < 2 or like.device.type != "cpu" or in_functorch()
+            or torch.get_num_threads() <= 1):
+        return [f() for f in fns]
+    grad = torch.is_grad_enabled()
+
+    def call(f):
+        with torch.set_grad_enabled(grad):
+            return f()
+
+    return _map_chunks(call, fns)
+
+
+def _single_threaded(fn, like: torch.Tensor):
+    """``fn()`` on one of the calling thread's single-threaded workers when it runs more than one
+    thread (CPU tensors only): a stage's product is a few dozen small ops, and a multi-threaded small
+    op waits for every thread, which another process on the cores can stall (docs/BENCHMARKS.md,
+    "Figures behind code choices").  Inline otherwise, and inside a worker already."""
+    if torch.get_num_threads() <= 1 or like.device.type != "cpu":
+        return fn()
+    return _map_chunks(lambda _: fn(), [0])[0]
 
 
 def butterfly_multiply_dense(x, twiddle, increasing_stride=True):

@@ -78,6 +78,7 @@ from kfrontend import conversions
 from kfrontend import features as Fe
 from kfrontend._contract import ModuleContract, compute_dtype, refuse_tracing, upcast
 from kfrontend.conversions import CONFIG_KEYS, NOT_A_DCT, as_tensor, dct_norm, per_stage, validate_config
+from kfrontend.cpu import run_parallel
 from kfrontend.stages import (  # noqa: F401  (re-exported: kfrontend.frontend keeps its public names)
     DEFAULT_STEP_SCALE,
     STAGES,
@@ -493,10 +494,12 @@ class KaleidoscopeFrontend(_FrontendBase):
         window folded in, (win, 2F) real [Re | Im]; the mel (F, n_mels) and DCT (n_mels, n_out) or
         None matrices."""
         left = self.window_offset
-        dft_w = self.dft.weight_t(left, left + self.win_length) * window.unsqueeze(-1)
-        mel_w = self.mel.weight_t()
-        dct_w = None if self.dct is None else self.dct.weight_t()
-        return dft_w, mel_w, dct_w
+        builds = [lambda: self.dft.weight_t(left, left + self.win_length), self.mel.weight_t]
+        if self.dct is not None:
+            builds.append(self.dct.weight_t)
+        mats = run_parallel(builds, window)  # one stage per core on a multi-threaded CPU
+        dft_w = mats[0] * window.unsqueeze(-1)
+        return dft_w, mats[1], (mats[2] if self.dct is not None else None)
 
     def extra_repr(self) -> str:
         kind = "Kaldi fbank" if self.framing == "kaldi" else "STFT"

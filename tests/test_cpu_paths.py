@@ -420,3 +420,40 @@ print(ok, before, after)
         pytest.skip("the C library is not glibc")
     assert before > 5 * 20000, before  # ~30,000 pages per step faulted in again with the defaults
     assert after < 1000, after
+
+
+def test_front_end_stages_built_side_by_side_equal_one_thread():
+    """With 2 threads the front end multiplies its stages out concurrently on single-threaded
+    workers (cpu.run_parallel): features and every parameter's gradient equal the 1-thread run,
+    float64, and the workers really ran them (their thread names)."""
+    import threading
+
+    from kfrontend import KaleidoscopeFrontend
+
+    fe = KaleidoscopeFrontend.from_mfcc(sample_rate=16000, n_mfcc=13,
+                                        melkwargs=dict(n_fft=512, win_length=400, hop_length=160, n_mels=40)).double()
+    x = torch.randn(2, 4000, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    seen = set()
+    real = cpu._kmatrix_rows_spec
+
+    def spy(*a, **k):
+        seen.add(threading.current_thread().name.split("_")[0])
+        return real(*a, **k)
+
+    before = torch.get_num_threads()
+    out = {}
+    try:
+        for th in (1, 2):
+            torch.set_num_threads(th)
+            cpu._kmatrix_rows_spec = spy
+            y = fe(x)
+            cpu._kmatrix_rows_spec = real
+            grads = torch.autograd.grad(y.pow(2).sum(), list(fe.parameters()))
+            out[th] = (y.detach(), grads)
+    finally:
+        cpu._kmatrix_rows_spec = real
+        torch.set_num_threads(before)
+    assert seen == {"kfrontend-cpu", "MainThread"}, seen
+    assert _rel(out[2][0], out[1][0]) < 1e-12
+    for a, b in zip(out[2][1], out[1][1]):
+        assert _rel(a, b) < 1e-12
