@@ -17,6 +17,7 @@ The C allocator is tuned as the recipe tunes it for CPU training (`kfrontend.cpu
     python benchmarks/bench_train_step.py                   # a small synthetic corpus made on the fly
     python benchmarks/bench_train_step.py --n-fft 400 512 --threads 1 2 --rounds 12 --memory
     python benchmarks/bench_train_step.py --config paper --n-fft 400 --threads 1 --rounds 3
+    python benchmarks/bench_train_step.py --decompose        # + the front end with frozen K-matrix stages
 """
 from __future__ import annotations
 
@@ -42,6 +43,10 @@ from recipes.timit.prepare import load_manifest, prepare  # noqa: E402
 from recipes.timit.train import _optimizer, load_config  # noqa: E402
 
 KINDS = ("mfsc", "kaleidoscope", "dense")
+# --decompose: the K-matrix front end with its K-matrix stages frozen and the window learnable: the
+# stages' products are cached (no build, no twiddle gradients) while the pipeline's backward runs
+# as in training (the window's gradient needs the DFT GEMM's), the floor a cheaper build can reach
+FROZEN = "kaleidoscope, K-matrix stages frozen"
 
 
 def _batch(data: Path, n: int = 8):
@@ -51,10 +56,15 @@ def _batch(data: Path, n: int = 8):
 
 
 def _model(kind: str, n_fft: int, config: str):
-    cfg = load_config(config, {"frontend": kind, "dropout": 0.0, "n_fft": n_fft, "win_length": 400,
-                               "frontend_freeze_epochs": 0})
+    frozen = kind == FROZEN
+    cfg = load_config(config, {"frontend": "kaleidoscope" if frozen else kind, "dropout": 0.0, "n_fft": n_fft,
+                               "win_length": 400, "frontend_freeze_epochs": 0})
     torch.manual_seed(0)
     model = Recognizer(cfg)
+    if frozen:
+        for m in model.modules():
+            if hasattr(m, "set_trainable") and hasattr(m, "trainable_stages"):
+                m.set_trainable({"dft": False, "mel": False, "dct": False})
     return model, _optimizer(model, cfg)
 
 
@@ -65,21 +75,21 @@ def _step(model, opt, batch) -> None:
     opt.zero_grad(set_to_none=True)
 
 
-def measure(batch, n_fft: int, threads: int, rounds: int, config: str) -> dict[str, tuple[float, float]]:
+def measure(batch, n_fft: int, threads: int, rounds: int, config: str, kinds=KINDS) -> dict[str, tuple[float, float]]:
     """(median wall seconds, median CPU seconds) per training step for each front end (the first 2
     rounds are warm-up)."""
     torch.set_num_threads(threads)
-    models = {k: _model(k, n_fft, config) for k in KINDS}
-    wall = {k: [] for k in KINDS}
-    cpu = {k: [] for k in KINDS}
+    models = {k: _model(k, n_fft, config) for k in kinds}
+    wall = {k: [] for k in kinds}
+    cpu = {k: [] for k in kinds}
     for r in range(rounds + 2):
-        for k in KINDS:
+        for k in kinds:
             t0, c0 = time.perf_counter(), time.process_time()
             _step(*models[k], batch)
             if r >= 2:
                 wall[k].append(time.perf_counter() - t0)
                 cpu[k].append(time.process_time() - c0)
-    return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in KINDS}
+    return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in kinds}
 
 
 def _rss_bytes() -> int:
@@ -119,6 +129,8 @@ def main(argv=None):
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--memory", action="store_true", help="also measure each front end's peak step memory")
+    ap.add_argument("--decompose", action="store_true",
+                    help=f"also time the K-matrix front end with its K-matrix stages frozen ({FROZEN!r})")
     ap.add_argument("--malloc", choices=["tuned", "default"], default="tuned",
                     help="tuned: kfrontend.cpu.keep_freed_memory(), as the recipe does (default)")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
@@ -146,13 +158,14 @@ def main(argv=None):
         print("|---|---|---|---|---|---|---|" + ("---|---|" if a.memory else ""))
         for n_fft in a.n_fft:
             for th in a.threads:
-                med = measure(batch, n_fft, th, a.rounds, a.config)
+                kinds = KINDS + ((FROZEN,) if a.decompose else ())
+                med = measure(batch, n_fft, th, a.rounds, a.config, kinds)
                 mem = peak_memory(data, n_fft, th, a.config, a.malloc) if a.memory else None
-                for k in KINDS:
+                for k in kinds:
                     (w, c), (w0, c0) = med[k], med["mfsc"]
                     row = f"| {n_fft} | {th} | {k} | {1000 * w:.0f} | {w / w0:.2f} | {1000 * c:.0f} | {c / c0:.2f} |"
                     if mem:
-                        row += f" {mem[k]:.0f} | {mem[k] / mem['mfsc']:.2f} |"
+                        row += f" {mem[k]:.0f} | {mem[k] / mem['mfsc']:.2f} |" if k in mem else " - | - |"
                     print(row, flush=True)
 
 
