@@ -318,3 +318,12 @@ def test_leading_dimensions_other_than_one(backend):
     _close(F.kmatrix_multiply(y1, tw, 6, True, backend, transpose=True), y1 @ m[:6, :20].T)
     with pytest.raises(ValueError, match=r"^x.shape\[-1\] = 9 is larger than the K-matrix size N = 8$"):
         F.kmatrix_multiply(torch.randn(2, 3, 9, dtype=D), tw, 8, True, backend)
+
+
+def test_transposed_twiddle_defaults_to_the_plain_transpose():
+    """transposed_twiddle(tw, inc) is the transpose, not the adjoint: a complex product's dense
+    matrix transposed, its entries not conjugated."""
+    tw = _tw((3, 3, 4, 2, 2), complex_=True, seed=27)
+    t, inc = transposed_twiddle(tw, True)
+    assert inc is False  # 3 blocks from increasing: the last is increasing, the transpose starts decreasing
+    _close(_dense(t, inc), _dense(tw, True).T)

@@ -340,3 +340,84 @@ def test_evaluate_writes_folded_hypotheses_and_hand_scored_per(tmp_path, monkeyp
         assert row["per"] == pytest.approx(20.0)
         assert (exp / sub / "hyp.txt").read_text() == HYP_TXT
         assert json.loads((exp / sub / "per.json").read_text())["per"] == pytest.approx(20.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# features.power_mel: which path runs (the custom op or the plain power spectrum @ mel: the same
+# numbers, so a spy tells them apart), and the custom op's gradients in the cases the main test in
+# test_features.py does not take (only y requiring grad; create_graph values).
+# ------------------------------------------------------------------------------------------------
+def _power_mel_definition(y, mel, n):
+    re, im = y[..., :n], y[..., n:]
+    return (re * re + im * im) @ mel
+
+
+@pytest.fixture
+def power_mel_op_calls(monkeypatch):
+    calls = []
+    real = Fe._PowerMel
+
+    class Spy:
+        @staticmethod
+        def apply(*args):
+            calls.append(tuple(a.shape if isinstance(a, torch.Tensor) else a for a in args))
+            return real.apply(*args)
+
+    monkeypatch.setattr(Fe, "_PowerMel", Spy)
+    return calls
+
+
+@pytest.mark.parametrize("batch", [(), (3,), (2, 3), (2, 1, 3)])
+def test_power_mel_takes_the_custom_op_for_power_2_with_autograd(power_mel_op_calls, batch):
+    """Power 2, grad enabled, y or mel requiring grad, real same-dtype tensors: one call of the
+    custom op on (B, 2n, T), B the flattened batch (1 for a 2-d y); values against the definition
+    (float64, 1e-12)."""
+    g = torch.Generator().manual_seed(len(batch))
+    n, t, m = 5, 7, 3
+    y = torch.randn(*batch, t, 2 * n, dtype=torch.float64, generator=g)
+    mel = torch.rand(n, m, dtype=torch.float64, generator=g)
+    for y_grad, mel_grad in ((True, True), (True, False), (False, True)):
+        power_mel_op_calls.clear()
+        yy, mm = y.clone().requires_grad_(y_grad), mel.clone().requires_grad_(mel_grad)
+        out = Fe.power_mel(yy, mm, n, 2.0)
+        assert power_mel_op_calls == [((math.prod(batch), 2 * n, t), (n, m), n)]
+        assert out.shape == (*batch, t, m) and _rel(out, _power_mel_definition(y, mel, n)) < 1e-12
+
+
+def test_power_mel_plain_path_otherwise(power_mel_op_calls):
+    """Other powers, no autograd (nothing requires grad, or no_grad), a 1-d y, and functorch
+    transforms take the plain path; the values are the definition's (power 2) or |Y| @ mel."""
+    g = torch.Generator().manual_seed(5)
+    n = 5
+    y = torch.randn(4, 2 * n, dtype=torch.float64, generator=g)
+    mel = torch.rand(n, 3, dtype=torch.float64, generator=g)
+    want = _power_mel_definition(y, mel, n)
+    assert _rel(Fe.power_mel(y, mel, n, 2.0), want) < 1e-12
+    with torch.no_grad():
+        assert _rel(Fe.power_mel(y.clone().requires_grad_(), mel, n, 2.0), want) < 1e-12
+    mag = torch.sqrt(y[..., :n] ** 2 + y[..., n:] ** 2) @ mel
+    assert _rel(Fe.power_mel(y, mel, n, 1.0), mag) < 1e-12
+    assert _rel(Fe.power_mel(y[0], mel, n, 2.0), want[0]) < 1e-12  # 1-d
+    assert power_mel_op_calls == []
+    gy = torch.func.grad(lambda a: Fe.power_mel(a, mel, n, 2.0).sum())(y.detach())
+    ref_y = y.detach().clone().requires_grad_()
+    (want_gy,) = torch.autograd.grad(_power_mel_definition(ref_y, mel, n).sum(), ref_y)
+    assert _rel(gy, want_gy) < 1e-12 and power_mel_op_calls == []
+
+
+def test_power_mel_gradient_of_y_alone_and_create_graph_values():
+    """The custom op's gradients when only y requires grad, and with create_graph (the values of
+    the first derivatives, which gradgradcheck does not compare with the definition)."""
+    g = torch.Generator().manual_seed(6)
+    n, t, m = 5, 7, 3
+    y = torch.randn(2, t, 2 * n, dtype=torch.float64, generator=g)
+    mel = torch.rand(n, m, dtype=torch.float64, generator=g)
+    gout = torch.randn(2, t, m, dtype=torch.float64, generator=g)
+    ry, rm = y.clone().requires_grad_(), mel.clone().requires_grad_()
+    want_y, want_mel = torch.autograd.grad(_power_mel_definition(ry, rm, n), (ry, rm), gout)
+    yy = y.clone().requires_grad_()
+    (got_y,) = torch.autograd.grad(Fe.power_mel(yy, mel, n, 2.0), yy, gout)
+    assert _rel(got_y, want_y) < 1e-12
+    yy, mm = y.clone().requires_grad_(), mel.clone().requires_grad_()
+    got_y, got_mel = torch.autograd.grad(Fe.power_mel(yy, mm, n, 2.0), (yy, mm), gout, create_graph=True)
+    assert _rel(got_y, want_y) < 1e-12 and _rel(got_mel, want_mel) < 1e-12
