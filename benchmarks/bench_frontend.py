@@ -83,7 +83,25 @@ def build_methods(n_fft: int, n_mels: int, device: str, kernel_path: bool):
                 KaleidoscopeFrontend.from_melspectrogram(path="kernel", **kw).to(device), "params")
         methods["fixed"] = (kal.to_fixed(), "input")
         methods["dense"] = (dense, "params")
+        methods["DFT matmul alone"] = (_DftMatmul(methods["fixed"][0]), "input")
     return methods
+
+
+class _DftMatmul(torch.nn.Module):
+    """Only the framing and the dense DFT matmul of a fixed front end (the same strided conv): the
+    floor of any front end that learns its DFT as a matrix, against torchaudio's FFT."""
+
+    def __init__(self, fixed):
+        super().__init__()
+        self.fixed = fixed
+
+    def forward(self, x):
+        from kfrontend import features as Fe
+
+        f = self.fixed
+        xp = Fe.stft_padded(x, n_fft=f.n_fft, hop_length=f.hop_length, win_length=f.win_length,
+                            center=f.center, pad_mode=f.pad_mode, pad=f.pad)
+        return Fe.frames_matmul(xp, f.dft_weight, f.hop_length)
 
 
 def make_step(module, grad_for: str, x: torch.Tensor, backward: bool):
