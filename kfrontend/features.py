@@ -24,6 +24,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from kfrontend._contract import in_functorch
+
 __all__ = [
     "PAD_MODES",
     "KALDI_WINDOWS",
@@ -399,20 +401,14 @@ def power_mel(y: torch.Tensor, mel: torch.Tensor, n: int, power: float) -> torch
     filterbank's transposed matmul plus one product per entry of ``y`` (autograd through the packed
     power spectrum allocates, zero-fills and copies y-sized gradients several times over).
     """
-    if power != 2.0 or y.dim() < 2 or y.shape[-1] != 2 * n or not torch.is_grad_enabled() \
-            or not (y.requires_grad or mel.requires_grad) or _in_functorch() \
-            or y.dtype != mel.dtype or y.is_complex():
+    custom = (power == 2.0 and y.dim() >= 2 and y.shape[-1] == 2 * n and y.dtype == mel.dtype
+              and not y.is_complex() and torch.is_grad_enabled() and (y.requires_grad or mel.requires_grad)
+              and not in_functorch())
+    if not custom:  # no autograd to save, another power, or a torch.func transform: plain ops
         return matmul_last(power_spectrum_packed(y, n, power), mel)
-    batch = y.shape[:-2]
-    yc = y.reshape(-1, *y.shape[-2:]) if y.dim() != 3 else y
-    if y.dim() == 2:
-        yc = y.unsqueeze(0)
-    out = _PowerMel.apply(yc.transpose(-1, -2), mel, n)  # (B, T, M)
-    return out.reshape(*batch, *out.shape[-2:])
-
-
-def _in_functorch() -> bool:
-    return torch._C._functorch.peek_interpreter_stack() is not None
+    y3 = y if y.dim() == 3 else (y.unsqueeze(0) if y.dim() == 2 else y.flatten(0, -3))
+    out = _PowerMel.apply(y3.transpose(-1, -2), mel, n)  # (B, T, M)
+    return out.reshape(*y.shape[:-2], *out.shape[-2:])
 
 
 class _PowerMel(torch.autograd.Function):
