@@ -389,11 +389,12 @@ def test_kmatrix_rows_backward_twice_with_retain_graph():
 
 
 def test_keep_freed_memory_stops_page_faults_on_reallocation():
-    """In a fresh process (the setting is process-wide): with glibc's defaults, a step that takes
-    120 MB of tensors from the heap and frees them leaves a free top of heap above the trim
-    threshold, which is returned to the OS and faulted back in by the next step (what a training
-    step with the learnable front end does on a smaller scale); after ``keep_freed_memory()`` it
-    is reused."""
+    """In a fresh process (the setting is process-wide) started with glibc's default thresholds
+    pinned (128 KiB: a tensor above it is mmapped and returned to the OS when freed; pinned so that
+    glibc's dynamic adjustment, which depends on what ran before, cannot hide it): allocating,
+    touching and freeing MB-sized tensors faults their pages in every time, as a training step's
+    temporaries do; after ``keep_freed_memory()`` the freed memory is reused (no new faults)."""
+    import os
     import subprocess
     import sys
 
@@ -403,23 +404,23 @@ from kfrontend.cpu import keep_freed_memory
 def faults():
     r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(5):
-        ts = [torch.ones(6 << 20) for _ in range(5)]  # 5 x 24 MB from the heap, touched, then freed
+        ts = [torch.ones(1 << 20) for _ in range(5)]  # 5 x 4 MB, touched, then freed
         del ts
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0
-_ = torch.ones(9 << 20); del _  # a 36 MB mmap freed: glibc's thresholds adapt to their maxima, 32 / 64 MB
 faults()
-before = max(faults() for _ in range(3))
+before = faults()
 ok = keep_freed_memory()
 faults()
 after = faults()
 print(ok, before, after)
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    env = dict(os.environ, MALLOC_TRIM_THRESHOLD_="131072", MALLOC_MMAP_THRESHOLD_="131072")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.split()
     ok, before, after = out[0] == "True", int(out[1]), int(out[2])
     if not ok:
         pytest.skip("the C library is not glibc")
-    assert before > 5 * 20000, before  # ~30,000 pages per step faulted in again with the defaults
-    assert after < 1000, after
+    assert before > 5 * 5 * 900, before  # ~1,024 pages per 4 MB tensor faulted in again
+    assert after < 500, after
 
 
 def test_front_end_stages_built_side_by_side_equal_one_thread():
