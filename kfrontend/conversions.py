@@ -427,6 +427,13 @@ def transform_config(module: nn.Module, ours: dict) -> dict:
     if mfcc is not None:
         if "log" in ours:
             raise TypeError("log is decided by the MFCC instance (log_mels), do not pass it")
+        decided = sorted(set(ours) & {"log_offset", "top_db"})
+        if decided:
+            # the instance's log (log(x + 1e-6)) or AmplitudeToDB fixes these: taking a value here
+            # would either be ignored or stop the front end from equalling the instance
+            raise TypeError(f"{', '.join(decided)} {'is' if len(decided) == 1 else 'are'} decided by the MFCC "
+                            "instance (its log_mels and amplitude_to_DB), do not pass "
+                            f"{'it' if len(decided) == 1 else 'them'}")
         if mfcc.log_mels:
             ours.update(log="log", log_offset=1e-6)
         else:

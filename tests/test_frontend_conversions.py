@@ -376,10 +376,16 @@ def test_from_transform_copies_each_field():
     assert KF.from_transform(mfcc).top_db is None
     logm = KF.from_transform(torchaudio.transforms.MFCC(n_mfcc=5, log_mels=True, melkwargs=dict(n_fft=64, n_mels=8)))
     assert (logm.log, logm.log_offset, logm.top_db) == ("log", 1e-6, None)
-    # torchaudio's log-mel MFCC takes log(x + 1e-6) whatever is passed: the instance decides
-    logm = KF.from_transform(torchaudio.transforms.MFCC(n_mfcc=5, log_mels=True, melkwargs=dict(n_fft=64, n_mels=8)),
-                             log_offset=1e-3)
-    assert logm.log_offset == 1e-6
+    # torchaudio's log-mel MFCC takes log(x + 1e-6) and the dB MFCC its AmplitudeToDB: the instance
+    # decides, so a value given here is refused by name (it used to be ignored silently)
+    for mels in (True, False):
+        m = torchaudio.transforms.MFCC(n_mfcc=5, log_mels=mels, melkwargs=dict(n_fft=64, n_mels=8))
+        with pytest.raises(TypeError, match=_exact("log_offset is decided by the MFCC instance (its log_mels and "
+                                                   "amplitude_to_DB), do not pass it")):
+            KF.from_transform(m, log_offset=1e-3)
+        with pytest.raises(TypeError, match=_exact("log_offset, top_db are decided by the MFCC instance (its "
+                                                   "log_mels and amplitude_to_DB), do not pass them")):
+            KF.from_transform(m, top_db=80.0, log_offset=1e-5)
 
 
 def test_from_transform_refusals():
