@@ -188,11 +188,15 @@ class LinearStage(nn.Module):
                             for a, b in zip(c[1], state))
                     and not torch.stack([(a != b).any() for a, b in zip(c[1], state)]).any().item()):
                 return c[2]  # (one host sync on a GPU, far cheaper than the product)
-        re, im = stage_matrix_parts(self.k, start, stop)
-        if self.is_complex:
-            y = torch.cat((re, torch.zeros_like(re) if im is None else im), dim=0).transpose(0, 1)
-        else:  # a real stage, possibly a complex K-matrix with a real output (DCT)
-            y = re.transpose(0, 1)
+        packed = _packed_matrix(self.k, start, stop) if self.is_complex else None
+        if packed is not None:
+            y = packed
+        else:
+            re, im = stage_matrix_parts(self.k, start, stop)
+            if self.is_complex:
+                y = torch.cat((re, torch.zeros_like(re) if im is None else im), dim=0).transpose(0, 1)
+            else:  # a real stage, possibly a complex K-matrix with a real output (DCT)
+                y = re.transpose(0, 1)
         if cacheable:
             self._cache = (key, [t.detach().clone() for t in state], y.detach())
         return y
@@ -333,6 +337,22 @@ def stage_matrix_parts(module: nn.Module, start: int = 0, stop: int | None = Non
     out = _kmatrix_dense_op(torch.view_as_real(tw) if cplx else tw, module.out_features, start, stop,
                             module.increasing_stride, cplx, real_output)
     return out[0], (out[1] if out.shape[0] == 2 else None)
+
+
+def _packed_matrix(module: nn.Module, start: int, stop: int):
+    """Rows ``start:stop`` of a complex K-matrix's (in_features, out_features) matrix as the real
+    (rows, 2 out) ``[Re | Im]`` the DFT stage is multiplied by, in one copy (the real and imaginary
+    parts side by side through ``view_as_real``; its backward is one copy too), or None where
+    ``stage_matrix_parts`` is the route (torch.compile, a real product)."""
+    if torch.compiler.is_compiling():
+        return None
+    tw = upcast(module.twiddle)
+    y = kmatrix_rows(tw, module.increasing_stride, module.out_features, start, stop)  # (rows, out)
+    if not y.is_complex():
+        return None
+    yt = y.transpose(0, 1)
+    yt = yt if yt.is_contiguous() else yt.contiguous()
+    return torch.view_as_real(yt).permute(2, 0, 1).reshape(2 * yt.shape[0], yt.shape[1]).transpose(0, 1)
 
 
 def _randomize_twiddles(module: nn.Module) -> None:

@@ -458,3 +458,24 @@ def test_front_end_stages_built_side_by_side_equal_one_thread():
     assert _rel(out[2][0], out[1][0]) < 1e-12
     for a, b in zip(out[2][1], out[1][1]):
         assert _rel(a, b) < 1e-12
+
+
+def test_dft_stage_packed_matrix_equals_its_parts():
+    """The DFT stage's [Re | Im] matrix in one copy (stages._packed_matrix, through view_as_real)
+    equals the one concatenated from the real and imaginary parts, bit for bit, and so do its
+    twiddle gradients; n_fft 400 (transposed product) and 512 (its window rows 56:456)."""
+    from kfrontend import KaleidoscopeFrontend
+    from kfrontend.stages import _packed_matrix, stage_matrix_parts
+
+    for n_fft in (400, 512):
+        fe = KaleidoscopeFrontend.from_melspectrogram(sample_rate=16000, n_fft=n_fft, win_length=400, n_mels=40)
+        k, left = fe.dft.k, fe.window_offset
+        g = torch.randn(400, 2 * k.out_features, generator=torch.Generator().manual_seed(n_fft))
+        packed = _packed_matrix(k, left, left + 400)
+        (gp,) = torch.autograd.grad((packed * g).sum(), [fe.dft.param])
+        re, im = stage_matrix_parts(k, left, left + 400)
+        parts = torch.cat((re, im), dim=0).transpose(0, 1)
+        (gq,) = torch.autograd.grad((parts * g).sum(), [fe.dft.param])
+        assert packed.shape == parts.shape == (400, 2 * k.out_features)
+        assert torch.equal(packed, parts)
+        assert torch.equal(gp, gq)
