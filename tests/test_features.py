@@ -447,3 +447,55 @@ def test_power_mel_other_powers_and_no_grad_use_the_plain_path():
         assert torch.equal(Fe.power_mel(y, mel, 6, power), want)
     mag = torch.sqrt(y[..., :6] ** 2 + y[..., 6:] ** 2) @ mel
     assert torch.allclose(Fe.power_mel(y, mel, 6, 1.0), mag, rtol=1e-13, atol=0)
+
+
+# ================================================================================================
+# Device placement without a GPU: the meta device stands in for a second device
+# ================================================================================================
+# On a machine without a GPU every tensor is on the CPU, so code that drops a ``device=`` argument
+# (its tensor lands on the default device) computes the same thing and mutation testing cannot
+# tell (docs/TESTING.md, "CPU-only" survivors).  Two stand-ins kill such mutants on the CPU:
+# * the input on the meta device (a second device whose tensors have shapes, dtypes and a device
+#   but no values), where nothing needs to read values: the result must be on the input's device;
+# * the default device set to meta while the inputs are real CPU tensors: code that makes its
+#   tensors on its input's device gives the same values as without the context, code that relies
+#   on the default device mixes meta and CPU tensors and fails.
+# ``torch.device`` as a context manager restores the default device even when the test fails.
+def _assert_default_device_is_cpu():
+    assert torch.get_default_device() == torch.device("cpu"), "the default device leaked"
+
+
+def test_check_lengths_moves_host_lengths_to_the_input_device():
+    """Lengths given on the CPU (a DataLoader's) for a batch on another device are checked where
+    they are and returned on the batch's device, int64; the meta batch stands in for a GPU one."""
+    x = torch.empty(2, 3, 50, device="meta")
+    lengths = torch.tensor([[1, 50, 7], [2, 3, 4]], dtype=torch.int32)
+    got = Fe.check_lengths(lengths, x)
+    assert got.device == x.device and got.dtype == torch.long and got.shape == (2, 3)
+    with pytest.raises(ValueError, match=r"lengths must lie in \[1, 50\].*got values in \[0, 50\]"):
+        Fe.check_lengths(torch.tensor([[0, 50, 7], [2, 3, 4]]), x)  # the bounds still read the values
+    assert Fe.check_lengths(lengths, torch.empty(2, 3, 50)).device == torch.device("cpu")
+
+
+@pytest.mark.parametrize("n_fft,hop,win,center,pad_mode,pad", [
+    (64, 16, 48, True, "reflect", 0),     # centred: the reflection index map
+    (64, 16, 51, False, "reflect", 5),    # not centred: the positions expanded per item
+])
+def test_per_item_framing_makes_its_index_maps_on_the_input_device(n_fft, hop, win, center, pad_mode, pad):
+    """stft_frames / stft_padded with per-item lengths under a meta default device, on CPU inputs:
+    every index tensor is made on the input's device, so the frames are exactly those made without
+    the context, and equal (1e-12) to torch.stft's frames of each item alone."""
+    x = _signal(3, 700, seed=5)
+    lengths = torch.tensor([700, 517, 301])
+    kw = dict(n_fft=n_fft, hop_length=hop, win_length=win, center=center, pad_mode=pad_mode, pad=pad)
+    want = Fe.stft_frames(x, lengths=lengths, shortest=301, **kw)
+    with torch.device("meta"):
+        got = Fe.stft_frames(x, lengths=lengths, shortest=301, **kw)
+        padded = Fe.stft_padded(x, lengths=lengths, shortest=301, **kw)
+    _assert_default_device_is_cpu()
+    assert got.device == padded.device == torch.device("cpu")
+    assert torch.equal(got, want) and torch.equal(padded.unfold(-1, win, hop), want)
+    left = (n_fft - win) // 2
+    for i, n in enumerate(lengths.tolist()):
+        ref = _stft_frames_ref(x[i, :n], n_fft, hop, win, center, pad_mode, pad)[..., left:left + win]
+        _close(got[i, : ref.shape[0]], ref)
