@@ -492,3 +492,38 @@ def test_permutation_refuses_non_integer_indices_and_matrix_refuses_complex_valu
     assert torch.equal(C.matrix(w, dtype=torch.float64).to_dense(), w.detach().T)
     fb = torch.tensor([[0.5, 0.0], [0.25, 1.0]], dtype=torch.float64, requires_grad=True)
     assert torch.equal(C.mel(fb, dtype=torch.float64).to_dense(), fb.detach().T)
+
+
+# ---- device placement without a GPU: the meta device stands in ---------------------------------
+# On a CPU-only machine a tensor made without ``device=`` lands on the CPU like everything else, so
+# dropping the argument cannot show (docs/TESTING.md, "CPU-only" survivors).  With the default
+# device set to meta (``torch.device`` as a context manager: restored even when the test fails),
+# code that makes its tensors on its input's device gives the same result as without the context;
+# code that relies on the default device mixes meta and CPU tensors and fails.
+@pytest.mark.parametrize("kind", ["dct", "random"])
+def test_widen_makes_its_identity_blocks_on_the_twiddle_device(kind):
+    """widen() under a meta default device, on a CPU module (a complex DCT with a real output, a
+    random real butterfly): the twiddle, made of the module's and identity blocks, is the one made
+    without the context, and the map is the module's, exactly."""
+    from kfrontend import Butterfly
+
+    torch.manual_seed(0)
+    m = C.dct(40, 13) if kind == "dct" else Butterfly(8, 8, increasing_stride=False)
+    want = C.widen(m, 2)
+    with torch.device("meta"):
+        w = C.widen(m, 2)
+    assert torch.get_default_device() == torch.device("cpu")
+    assert w.twiddle.device == torch.device("cpu") and torch.equal(w.twiddle, want.twiddle)
+    assert torch.equal(w.to_dense(), m.to_dense())  # identity pairs: the same map, exactly
+
+
+@pytest.mark.xfail(strict=True, reason="Butterfly(twiddle=t, bias=True) makes its bias on the default device, "
+                   "not t's: widen() of a GPU module with a bias returns a CUDA twiddle and a CPU bias "
+                   "(docs/TESTING.md; not fixed here)")
+def test_widen_keeps_the_bias_on_the_module_device():
+    from kfrontend import Butterfly
+
+    m = Butterfly(8, 8, bias=True)
+    with torch.device("meta"):
+        w = C.widen(m, 1)
+    assert w.bias.device == w.twiddle.device == torch.device("cpu")
