@@ -203,3 +203,103 @@ def test_load_experiment_default_is_best(tmp_path):
     _save(tmp_path / "last.pt", Recognizer(cfg), cfg, step=2)
     _, _, meta = E.load_experiment(tmp_path)
     assert meta["step"] == 1
+
+
+# ---- where tensors go, without a GPU ------------------------------------------------------------
+# On a CPU-only machine every tensor is on the CPU, so dropping a device argument cannot show
+# (docs/TESTING.md, "CPU-only" survivors).  Stand-ins: a checkpoint whose storages are tagged
+# "cuda:0" (what a GPU run writes; only the tag differs from a CPU checkpoint), the meta device as
+# the second device a model is moved to, and torch.cuda.is_available patched to say yes.
+def _save_as_if_on_gpu(obj, path, monkeypatch):
+    """torch.save(obj, path) with every storage tagged as saved from cuda:0 (torch.serialization
+    reads the tag through its module-level location_tag), as a checkpoint written by a GPU run."""
+    import torch.serialization as S
+
+    with monkeypatch.context() as m:
+        m.setattr(S, "location_tag", lambda storage: "cuda:0")
+        torch.save(obj, path)
+
+
+def test_load_checkpoint_maps_a_gpu_checkpoint_to_the_cpu(tmp_path, monkeypatch):
+    """A checkpoint written on a GPU loads on the CPU (map_location="cpu"): its tensors are CPU
+    tensors with the saved values, and load_experiment builds the model from it.  Without the
+    mapping torch.load would put them on cuda:0 (an error on a machine without CUDA)."""
+    cfg = _cfg()
+    torch.manual_seed(3)
+    model = Recognizer(cfg)
+    _save_as_if_on_gpu({"a": torch.arange(4.0), "n": 3}, tmp_path / "gpu.pt", monkeypatch)
+    got = E.load_checkpoint(tmp_path / "gpu.pt")
+    assert got["a"].device == torch.device("cpu") and torch.equal(got["a"], torch.arange(4.0)) and got["n"] == 3
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    _save_as_if_on_gpu({"config": cfg, "model": model.state_dict(), "step": 5}, exp / "best.pt", monkeypatch)
+    loaded, _, meta = E.load_experiment(exp, device="cpu")
+    assert meta["step"] == 5
+    assert all(v.device.type == "cpu" and torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
+@pytest.mark.parametrize("device", ["meta", torch.device("meta")])
+def test_load_experiment_moves_the_model_to_the_device(tmp_path, device):
+    """The model is moved to the device asked for (meta stands in for a GPU): every parameter and
+    buffer is there, with the checkpoint's shapes and dtypes."""
+    cfg = _cfg()
+    ref = Recognizer(cfg)
+    _save(tmp_path / "best.pt", ref, cfg, step=1)
+    model, _, _ = E.load_experiment(tmp_path, device=device)
+    state = model.state_dict()
+    assert state.keys() == ref.state_dict().keys()
+    for k, v in ref.state_dict().items():
+        assert state[k].device == torch.device("meta") and (state[k].shape, state[k].dtype) == (v.shape, v.dtype)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("cuda", [True, False])
+def test_evaluate_default_device_is_cuda_when_available(tmp_path, monkeypatch, cuda):
+    """device=None means torch.device("cuda") when CUDA is available and "cpu" otherwise (here
+    torch.cuda.is_available is patched, so both branches run on any machine); a device given
+    wins.  The device is only recorded: loading stops there."""
+    seen = []
+
+    def fake_load(e, which, device):
+        seen.append(device)
+        raise _Stop
+
+    monkeypatch.setattr(E, "load_experiment", fake_load)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    for given, want in ((None, "cuda" if cuda else "cpu"), ("cpu", "cpu"), (torch.device("meta"), "meta")):
+        with pytest.raises(_Stop):
+            E.evaluate(tmp_path, "test", device=given)
+        assert seen[-1] == torch.device(want) and isinstance(seen[-1], torch.device)
+
+
+def test_evaluate_decodes_on_the_device_it_loaded_the_model_to(tmp_path, monkeypatch):
+    """evaluate() hands decode_rows the device it chose and loaded the model to, so the batches go
+    where the model is (a spy: on a CPU-only machine the two cannot differ in any value)."""
+    import json
+
+    from test_mutation_regressions import _manifest, _paths, _StubModel
+
+    rows = _manifest(tmp_path)
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    loaded_to, decoded_on = [], []
+
+    def fake_load(e, which, device):
+        loaded_to.append(device)
+        return _StubModel(_paths()), {"frontend": "stub", "data": str(tmp_path)}, {"checkpoint": "best.pt"}
+
+    real = E.decode_rows
+
+    def spy(model, rows, device, **kw):
+        decoded_on.append(device)
+        return real(model, rows, device, **kw)
+
+    monkeypatch.setattr(E, "load_experiment", fake_load)
+    monkeypatch.setattr(E, "decode_rows", spy)
+    for given in ("cpu", torch.device("cpu")):
+        E.evaluate(exp, "test", device=given)
+    assert loaded_to == decoded_on == [torch.device("cpu")] * 2
