@@ -154,7 +154,7 @@ class Butterfly(ModuleContract, nn.Module):
         self._init_weight(shape, twiddle, init, complex, dtype)
         if bias:
             bdtype = self.twiddle.real.dtype if self.real_output else self.twiddle.dtype
-            self.bias = nn.Parameter(torch.zeros(out_features, dtype=bdtype))
+            self.bias = nn.Parameter(torch.zeros(out_features, dtype=bdtype, device=self.twiddle.device))
         else:
             self.register_parameter("bias", None)
 

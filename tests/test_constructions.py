@@ -517,13 +517,16 @@ def test_widen_makes_its_identity_blocks_on_the_twiddle_device(kind):
     assert torch.equal(w.to_dense(), m.to_dense())  # identity pairs: the same map, exactly
 
 
-@pytest.mark.xfail(strict=True, reason="Butterfly(twiddle=t, bias=True) makes its bias on the default device, "
-                   "not t's: widen() of a GPU module with a bias returns a CUDA twiddle and a CPU bias "
-                   "(docs/TESTING.md; not fixed here)")
 def test_widen_keeps_the_bias_on_the_module_device():
+    """Butterfly(twiddle=t, bias=True) made its bias on the default device, not t's: widen() of a GPU
+    module with a bias returned a CUDA twiddle and a CPU bias (found with the meta default device)."""
     from kfrontend import Butterfly
 
     m = Butterfly(8, 8, bias=True)
+    with torch.no_grad():
+        m.bias.copy_(torch.arange(8.0))
     with torch.device("meta"):
         w = C.widen(m, 1)
     assert w.bias.device == w.twiddle.device == torch.device("cpu")
+    x = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(w(x), m(x), rtol=1e-6, atol=1e-6)  # the same map, bias included
