@@ -204,7 +204,7 @@ def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[i
     return out
 
 
-def prefix_beam_decode(log_probs: torch.Tensor, lengths: torch.Tensor, beam: int = 8) -> list[list[int]]:
+def prefix_beam_decode(log_probs: torch.Tensor, lengths: torch.Tensor, beam: int) -> list[list[int]]:
     """CTC prefix beam search without a language model (Hannun et al. 2014), in log space."""
     import math
     lp_all = log_probs.detach().float().cpu()
