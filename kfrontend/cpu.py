@@ -145,37 +145,8 @@ def _best_split(n, nblocks, increasing_stride, in_f, out_f, complex_w, real_x) -
 
 
 # ----------------------------------------------------------------------------------------------
-# Group matrices
+# Pass matrices
 # ----------------------------------------------------------------------------------------------
-def _group_matrices(tw: torch.Tensor, n: int, stages, a: int, k: int) -> torch.Tensor:
-    """``M`` of shape (H, L, K, K), K = 2**k, L = 2**a, H = N / (K L): the product of the given
-    factors (all on bits [a, a+k)) restricted to the index ``p = (h K + c) L + l``; differentiable.
-
-    A run of factors is one or more sweeps, one per butterfly block, each through all k bits in
-    increasing or decreasing order (blocks start at bit 0 or the top bit, runs at a group edge).
-    A sweep is built by doubling (``_sweep_doubling``: ~2 N K products in k broadcast multiplies)
-    and sweeps are chained by batched matmuls (N K^2 multiply-adds, cheap in BLAS).  Applying the
-    factors one by one to the identity costs k N K products in ~7 k ops; doubling is the faster for
-    complex twiddles and about even for real ones (these small strided ops cost more per op than
-    per element; docs/BENCHMARKS.md).
-    """
-    kk, ll = 1 << k, 1 << a
-    hh = n // (kk * ll)
-    m = None
-    for sweep in _sweeps(stages):
-        bits = [bit - a for _, _, bit in sweep]
-        if bits == list(range(k)):
-            s_m = _sweep_doubling(tw, sweep, hh, ll, kk, transpose=False)
-        elif bits == list(range(k - 1, -1, -1)):
-            # F_0 ... F_{k-1} (F_{k-1} first) = (F_{k-1}^T ... F_0^T)^T: an increasing sweep of
-            # the transposed 2 x 2 blocks, transposed.
-            s_m = _sweep_doubling(tw, sweep[::-1], hh, ll, kk, transpose=True).transpose(-1, -2)
-        else:  # pragma: no cover - plan_passes never cuts a block's sweep short
-            raise RuntimeError(f"stages {sweep} are not a full sweep of bits [{a}, {a + k})")
-        m = s_m if m is None else torch.matmul(s_m, m)
-    return m
-
-
 def _sweeps(stages) -> list[list]:
     """Maximal runs of consecutive stages from the same butterfly block."""
     out: list[list] = []
@@ -187,98 +158,19 @@ def _sweeps(stages) -> list[list]:
     return out
 
 
-def _sweep_doubling(tw, sweep, hh: int, ll: int, kk: int, transpose: bool) -> torch.Tensor:
-    """(H, L, K, K) product of factors on bits a, a+1, ..., a+k-1 (applied in that order), from the
-    identity by doubling: after the factors of strides 1..s the matrix is block diagonal with
-    (2s, 2s) blocks ``[[t00 A, t01 B], [t10 A, t11 B]]``, A and B the (s, s) blocks below and the
-    twiddles scaling rows.  ``transpose`` uses each 2 x 2 twiddle block transposed."""
-    z = torch.ones(hh, ll, kk, 1, 1, dtype=tw.dtype, device=tw.device)
-    s = 1
-    for b, i, _ in sweep:
-        g = kk // (2 * s)
-        # t[h, l, g, r, o, i] for the pair of rows (g 2s + r, g 2s + r + s): pair j = (h K/2 + c') L + l
-        # with c' = g s + r (the row without the factor's bit).
-        t = tw[b, i].reshape(hh, kk // 2, ll, 2, 2).permute(0, 2, 1, 3, 4).reshape(hh, ll, g, s, 2, 2)
-        if transpose:
-            t = t.transpose(-1, -2)
-        sub = z.reshape(hh, ll, g, 2, s, s)  # [.., g, i, r, c]: the two (s, s) blocks
-        # new[.., g, o, r, i, c] = t[.., g, r, o, i] * sub[.., g, i, r, c]
-        z = (t.permute(0, 1, 2, 4, 3, 5).unsqueeze(-1) * sub.permute(0, 1, 2, 4, 3, 5).unsqueeze(3))
-        z = z.reshape(hh, ll, g, 2 * s, 2 * s)
-        s *= 2
-    return z.reshape(hh, ll, kk, kk)
-
-
-class _PassMatricesFn(torch.autograd.Function):
-    """The pass matrices from the twiddles, forward and backward (by autograd on a recomputation),
-    one pass per worker thread, each single-threaded; ``real_first`` stacks [Re M; Im M] for the
-    first pass.  The passes are independent (their factors are disjoint), so with 2 threads the
-    build, ~99% of multiplying a front-end stage out, takes about half the time.  Under
-    ``create_graph=True`` (second-order gradients) the backward is the same recomputation,
-    differentiable, on the calling thread."""
-
-    @staticmethod
-    def forward(ctx, spec, tw):
-        ctx.spec = spec
-        ctx.save_for_backward(tw)
-        return tuple(_build_passes(tw, spec))
-
-    @staticmethod
-    def backward(ctx, *grads):
-        (tw,) = ctx.saved_tensors
-        idx = [i for i, g in enumerate(grads) if g is not None]
-        if torch.is_grad_enabled():  # create_graph: the gradient must itself be differentiable
-            outs = [_pass_matrix(tw, ctx.spec, i) for i in idx]
-            return None, torch.autograd.grad(outs, tw, [grads[i] for i in idx], create_graph=True)[0]
-
-        def grad_of(i):
-            with torch.enable_grad():
-                t = tw.detach().requires_grad_()
-                return torch.autograd.grad(_pass_matrix(t, ctx.spec, i), t, grads[i])[0]
-
-        parts = _map_chunks(grad_of, idx)
-        return None, (_on_worker(lambda: torch.stack(parts).sum(0)) if len(parts) > 1 else parts[0])
-
-
 def _pass_matrices(tw, n, nblocks, increasing_stride, split, in_f, out_f, real_first=False):
-    """Matrices (batch, K_out, K_in) of every pass, differentiable w.r.t. tw."""
+    """Matrices (batch, K_out, K_in) of every pass of the blocked plan, differentiable w.r.t. tw and
+    contiguous (the blocked path's BLAS operands); ``real_first`` stacks [Re M; Im M] for the first."""
     spec = (n, nblocks, increasing_stride, split, in_f, out_f, real_first)
-    if in_functorch() or tw.device.type != "cpu":
-        # torch.func transforms the plain ops (custom Functions have no vmap rule); on a GPU the
-        # worker threads buy nothing.
-        return [_pass_matrix(tw, spec, i) for i in range(_pass_count(spec))]
-    if torch.is_grad_enabled() and tw.requires_grad:
-        return list(_PassMatricesFn.apply(spec, tw))
-    return _build_passes(tw, spec)
+    return [m.contiguous() for m in _all_pass_matrices(tw, spec)]
 
 
-def _build_passes(tw, spec) -> list[torch.Tensor]:
-    """Every pass's matrices, without autograd, one pass per worker thread."""
-
-    def build(idx):
-        with torch.no_grad():  # grad mode is per thread: the workers' is on
-            return _pass_matrix(tw, spec, idx).contiguous()
-
-    return _map_chunks(build, range(_pass_count(spec)))
-
-
-def _pass_count(spec) -> int:
-    n, nblocks, increasing_stride, split = spec[:4]
-    return len(plan_passes(n, nblocks, increasing_stride, split))
-
-
-def _pass_matrix(tw, spec, idx: int) -> torch.Tensor:
-    """Pass ``idx``'s matrices (batch, K_out, K_in) with the zero-padding / kept-row truncations."""
-    n, nblocks, increasing_stride, split, in_f, out_f, real_first = spec
-    log_n = n.bit_length() - 1
-    runs = plan_passes(n, nblocks, increasing_stride, split)
-    e_in, e_out = _extents(n, split, in_f, out_f)
-    g, stages = runs[idx]
-    if g == 0:
-        m = _group_matrices(tw, n, stages, 0, split)[:, 0]  # (K_hi, K_lo, K_lo), batch = hi
-    else:
-        m = _group_matrices(tw, n, stages, split, log_n - split)[0]  # (K_lo, K_hi, K_hi), batch = lo
-    return _truncate_pass(m, g, idx, len(runs), e_in, e_out, real_first)
+def _product_2x2(tw: torch.Tensor) -> torch.Tensor:
+    """The 2 x 2 matrix M (y = M x) of a product of size 2 (one factor per block, block 0 first)."""
+    m = tw[0, 0, 0]
+    for b in range(1, tw.shape[0]):
+        m = tw[b, 0, 0] @ m
+    return m
 
 
 # ----------------------------------------------------------------------------------------------
@@ -292,8 +184,9 @@ def _sweep_layout(n: int, nblocks: int, increasing_stride: bool, split: int, fli
     plan order; the two bit groups share one doubling when their blocks have the same size.
     ``index``: positions in ``tw.flatten()`` (real or complex entries) of every job's twiddles, jobs
     one after the other, each in the layout ``_doubling`` takes: (sweeps, k, K / 2, 2, 2, batch),
-    factors in increasing bit order, a decreasing sweep's 2 x 2 blocks transposed (see
-    ``_group_matrices``).  Every twiddle is used once, so ``index`` is a permutation and
+    factors in increasing bit order.  A decreasing sweep F_0 ... F_{k-1} (F_{k-1} applied first) is
+    (F_{k-1}^T ... F_0^T)^T: an increasing sweep of the transposed 2 x 2 blocks, whose product is
+    transposed back.  Every twiddle is used once, so ``index`` is a permutation and
     ``inverse`` its inverse (the gather's backward is a gather too).  ``flip``: positions in the
     twiddle of the transposed product instead (``transposed_twiddle``: blocks and factors reversed,
     2 x 2 blocks transposed), read from the original's, so no transposed copy is made.
@@ -333,7 +226,9 @@ def _sweep_layout(n: int, nblocks: int, increasing_stride: bool, split: int, fli
     index = torch.cat([i.reshape(-1) for _, i in groups])
     inverse = torch.empty_like(index)
     inverse[index] = torch.arange(index.numel())
-    if index.numel() != nblocks * log_n * n * 2 or not torch.equal(index[inverse], torch.arange(index.numel())):
+    # (the check reads the data, which torch.compile cannot trace; the layout is the same there)
+    if not torch.compiler.is_compiling() and (
+            index.numel() != nblocks * log_n * n * 2 or not torch.equal(index[inverse], torch.arange(index.numel()))):
         raise AssertionError("the pass layout must use every twiddle entry exactly once")  # pragma: no cover
     jobs = [(i.shape, sweeps) for sweeps, i in groups]
     return runs, jobs, index, inverse
@@ -357,10 +252,14 @@ class _PermuteFn(torch.autograd.Function):
 
 
 def _doubling_levels(t: torch.Tensor, keep: list | None) -> torch.Tensor:
-    """The doubling of ``_sweep_doubling`` for a stack of sweeps, batch last: t (S, k, K / 2, 2, 2,
-    B) -> (S, K, K, B).  With the batch innermost every product has a long contiguous inner loop
-    (the batch-first layout's inner loops are 1, 2, 4, ... entries long); ``keep`` collects each
-    level's input for the backward."""
+    """The products of a stack of sweeps, batch last: t (S, k, K / 2, 2, 2, B) -> (S, K, K, B), the
+    sweep's factor j acting on local bit j (stride 2^j), applied in that order, for each of the B
+    values of the other bits.  By doubling from the identity: after the factors of strides 1..s the
+    matrix is block diagonal with (2s, 2s) blocks ``[[t00 A, t01 B], [t10 A, t11 B]]``, A and B the
+    (s, s) blocks below and the twiddles scaling rows; so a sweep costs ~2 N K products in k
+    broadcast multiplies (applying its factors one by one to the identity costs k N K).  With the
+    batch innermost every product has a long contiguous inner loop (batch first, the inner loops
+    would be 1, 2, 4, ... entries long); ``keep`` collects each level's input for the backward."""
     s_, k, b_ = t.shape[0], t.shape[1], t.shape[-1]
     kk = 2 * t.shape[2]
     z = torch.ones(s_, kk, 1, 1, b_, dtype=t.dtype, device=t.device)
@@ -396,12 +295,9 @@ class _DoublingFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gz):
         (t,) = ctx.saved_tensors
-        keep, ctx.keep = ctx.keep, None  # freed early; a second backward (retain_graph) recomputes
-        if torch.is_grad_enabled() or keep is None:
-            # create_graph (second-order gradients) or a repeated backward: the plain product
-            create = torch.is_grad_enabled()
-            with torch.enable_grad():
-                return torch.autograd.grad(_doubling_reference(t), t, gz, create_graph=create)[0]
+        keep = ctx.keep  # kept until the graph goes: a repeated backward (retain_graph) is the same
+        if torch.is_grad_enabled():  # create_graph (second-order gradients): the plain product
+            return torch.autograd.grad(_doubling_reference(t), t, gz, create_graph=True)[0]
         s_, k, b_ = t.shape[0], t.shape[1], t.shape[-1]
         kk = 2 * t.shape[2]
         g_t = torch.empty_like(t)
@@ -448,9 +344,11 @@ def _doubling(t: torch.Tensor) -> torch.Tensor:
 
 
 def _all_pass_matrices(tw: torch.Tensor, spec, flip: bool = False) -> list[torch.Tensor]:
-    """``[_pass_matrix(tw, spec, i) for every pass]`` in a few batched ops: one gather of every
-    twiddle into the doubling's layout and one doubling per block size, so a stage's build costs
-    tens of ops instead of hundreds (differentiable; the front end runs it once per step).
+    """The matrices (batch, K_out, K_in) of every pass of the plan ``spec``, cut to the blocks the
+    (zero-padded) input touches and the kept outputs read (``_truncate_pass``), in a few batched
+    ops: one gather of every twiddle into the doubling's layout, one doubling per block size, a
+    matmul per further sweep of a pass; so a stage's build costs tens of ops instead of hundreds
+    (differentiable; the front end runs it once per training step).
     ``flip``: the passes of the transposed product (``transposed_twiddle(tw)``, whose stride order
     ``spec`` gives), read from ``tw`` itself."""
     n, nblocks, increasing_stride, split, in_f, out_f, real_first = spec
@@ -740,7 +638,7 @@ def _blocked_2d(x2, tw, increasing_stride, out_f, split=None):
     if rows == 0:
         return x2.new_zeros((0, out_f), dtype=cdtype)
     if log_n == 1:
-        m = _group_matrices(tw, n, _stage_bits(n, nblocks, increasing_stride), 0, 1)[0, 0]
+        m = _product_2x2(tw)
         return _matmul_right(x2, m[:out_f, :in_f].transpose(0, 1))
     if split is None:
         split = _best_split(n, nblocks, increasing_stride, in_f, out_f, cdtype.is_complex, real_x)
@@ -858,8 +756,7 @@ def kmatrix_rows(tw: torch.Tensor, increasing_stride: bool, out_f: int, start: i
                          f"start={start}, stop={stop}, out_f={out_f}")
     rows = stop - start
     if log_n == 1:
-        m = _group_matrices(tw, n, _stage_bits(n, nblocks, increasing_stride), 0, 1)[0, 0]
-        return m[:out_f, start:stop].transpose(0, 1)
+        return _product_2x2(tw)[:out_f, start:stop].transpose(0, 1)
     # Fewer outputs than rows (a mel or DCT stage; the DFT's 201 bins of 400 samples): multiply the
     # transposed K-matrix out instead, whose rows are these outputs: every intermediate is (rows, N),
     # so this divides the work by rows / out_f.
@@ -997,21 +894,19 @@ class _KmatrixRowsFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         spec, start, stop, flip = ctx.args
-        if torch.is_grad_enabled() or ctx.graph is None:
-            # create_graph (the gradient must itself be differentiable) or a repeated backward
-            # through a retained graph (the forward's tensors are freed after the first): recompute
+        if torch.is_grad_enabled():
+            # create_graph: the gradient must itself be differentiable, so the plain ops again
             (tw,) = ctx.saved_tensors
-            create = torch.is_grad_enabled()
-            with torch.enable_grad():
-                y = _rows_apply(_all_pass_matrices(tw, spec, flip), spec, start, stop)[0]
-                return torch.autograd.grad(y, tw, gy, create_graph=create)[0], None, None, None, None
+            y = _rows_apply(_all_pass_matrices(tw, spec, flip), spec, start, stop)[0]
+            return torch.autograd.grad(y, tw, gy, create_graph=True)[0], None, None, None, None
+        # The forward's tensors stay with ctx until the graph goes (a repeated backward through a
+        # retained graph gives the same numbers); they are a few MB at most.
         mats, groups, saved, graph, leaf = ctx.mats, ctx.groups, ctx.saved, ctx.graph, ctx.leaf
-        ctx.graph = ctx.leaf = ctx.saved = ctx.mats = None  # free the forward's tensors early
 
         def run():
             with torch.no_grad():
                 gmats = _rows_backward(mats, spec, groups, start, stop, saved, gy.contiguous())
-            return torch.autograd.grad(graph, leaf, gmats)[0]
+            return torch.autograd.grad(graph, leaf, gmats, retain_graph=True)[0]
 
         return _single_threaded(run, gy), None, None, None, None
 
