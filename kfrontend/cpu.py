@@ -6,7 +6,8 @@ the ``log2 N`` index bits are split into a low group ``[0, s)`` and a high group
 Every maximal run of consecutive factors (across block boundaries: ``B B*`` ends and starts on the
 same bits) that touches only one group is multiplied out into ``N / K`` dense ``K x K`` matrices
 (``K = 2**s`` or ``2**(log2 N - s)``, one per value of the other group's bits), built from the
-twiddles with autograd, so gradients reach the twiddles. A 3-block DFT of size 1024 becomes 4
+twiddles differentiably (``_all_pass_matrices``: one gather and one batched doubling per block
+size), so gradients reach the twiddles. A 3-block DFT of size 1024 becomes 4
 batched matmuls with 32 x 32 blocks.
 
 Layout: each chunk of rows is kept transposed, ``(outer group, inner group, rows)``, rows contiguous.
@@ -684,16 +685,12 @@ def butterfly_multiply_blocked(x, twiddle, increasing_stride=True, split=None):
 # ----------------------------------------------------------------------------------------------
 # Multiplying a K-matrix out (the front end's stages, the "dense" method)
 # ----------------------------------------------------------------------------------------------
-# Building the pass matrices (elementwise ops, one per factor on N x K entries) against the matmuls
-# of the later passes, per entry-factor / per multiply-add: fitted to ``kmatrix_rows`` timings of the
-# front end's stages at every split (n_fft 400 / 512, 40-80 mels; docs/BENCHMARKS.md).
+# Costs of ``kmatrix_rows``, in multiply-adds of the passes' matmuls: building the pass matrices
+# (per entry and factor, N x K entries a factor) and each entry of the (rows, N) intermediate a pass
+# writes and differentiates.  With these the model picks, for the front end's stages, a split and
+# orientation within 6% of the fastest measured (docs/BENCHMARKS.md, "Figures behind code choices").
 _BUILD_PER_ENTRY = 500.0
-
-
-def _rows_split(n: int, nblocks: int, increasing_stride: bool, rows: int, stop: int, out_f: int) -> int:
-    """Bit split for ``kmatrix_rows``: the pass matrices' build plus the matmuls of the passes after
-    the first two (truncated to the kept outputs) for ``rows`` rows."""
-    return _rows_cost(n, nblocks, increasing_stride, rows, stop, out_f)[1]
+_ROWS_PER_ENTRY = 30.0
 
 
 def _rows_cost(n: int, nblocks: int, increasing_stride: bool, rows: int, stop: int, out_f: int) -> tuple[float, int]:
@@ -717,9 +714,6 @@ def _rows_cost(n: int, nblocks: int, increasing_stride: bool, rows: int, stop: i
             best = (cost, s)
     return best
 
-
-# Per entry of the (rows, N) intermediate and pass, against a multiply-add of the passes' matmuls.
-_ROWS_PER_ENTRY = 30.0
 
 
 def kmatrix_rows(tw: torch.Tensor, increasing_stride: bool, out_f: int, start: int, stop: int) -> torch.Tensor:

@@ -300,7 +300,6 @@ def test_kmatrix_rows_gradients_equal_reference_both_orientations(n, nblocks, in
         gy = torch.randn(ref_y.shape, dtype=ref_y.dtype, generator=g)
         ref_g = torch.autograd.grad((ref_y * gy.conj()).real.sum(), tw)[0]
         for force in (-1.0, 1e30):  # transposed product always / never
-            monkeypatch.setattr(cpu, "_ROWS_PER_ENTRY", 30.0)
             real_cost = cpu._rows_cost
 
             def cost(n_, nb_, inc_, rows, stop_, out_, _force=force, _start=start, _stop=stop):
