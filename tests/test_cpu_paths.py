@@ -478,3 +478,24 @@ def test_dft_stage_packed_matrix_equals_its_parts():
         assert packed.shape == parts.shape == (400, 2 * k.out_features)
         assert torch.equal(packed, parts)
         assert torch.equal(gp, gq)
+
+
+def test_training_path_keeps_every_tensor_on_the_module_device():
+    """The stages' build, its custom backwards and power_mel on a device that is not the CPU
+    (meta stands in for CUDA here: a tensor made on the CPU by mistake would fail to mix with it),
+    on 1 and 2 threads (the CPU worker threads must not be used for other devices)."""
+    from kfrontend import KaleidoscopeFrontend
+
+    before = torch.get_num_threads()
+    try:
+        for th, n_fft in ((1, 400), (2, 512)):
+            torch.set_num_threads(th)
+            fe = KaleidoscopeFrontend.from_mfcc(sample_rate=16000, n_mfcc=13, melkwargs=dict(
+                n_fft=n_fft, win_length=400, hop_length=160, n_mels=40)).to("meta")
+            y = fe(torch.empty(2, 16000, device="meta"))
+            y.sum().backward()
+            assert y.shape == (2, 13, 101) and y.device.type == "meta"
+            grads = [p.grad for p in fe.parameters()]
+            assert all(g is not None and g.device.type == "meta" for g in grads)
+    finally:
+        torch.set_num_threads(before)
