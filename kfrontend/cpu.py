@@ -252,7 +252,7 @@ class _PermuteFn(torch.autograd.Function):
         return g[inverse], None, None
 
 
-def _doubling_levels(t: torch.Tensor, keep: list | None) -> torch.Tensor:
+def _doubling_levels(t: torch.Tensor, keep: list | None, plain: bool = False) -> torch.Tensor:
     """The products of a stack of sweeps, batch last: t (S, k, K / 2, 2, 2, B) -> (S, K, K, B), the
     sweep's factor j acting on local bit j (stride 2^j), applied in that order, for each of the B
     values of the other bits.  By doubling from the identity: after the factors of strides 1..s the
@@ -260,22 +260,27 @@ def _doubling_levels(t: torch.Tensor, keep: list | None) -> torch.Tensor:
     (s, s) blocks below and the twiddles scaling rows; so a sweep costs ~2 N K products in k
     broadcast multiplies (applying its factors one by one to the identity costs k N K).  With the
     batch innermost every product has a long contiguous inner loop (batch first, the inner loops
-    would be 1, 2, 4, ... entries long); ``keep`` collects each level's input for the backward."""
+    would be 1, 2, 4, ... entries long); ``keep`` collects each level's input for the backward.
+    ``plain``: differentiable ops (each product allocated by the op, not written ``out=``)."""
     s_, k, b_ = t.shape[0], t.shape[1], t.shape[-1]
     kk = 2 * t.shape[2]
     z = torch.ones(s_, kk, 1, 1, b_, dtype=t.dtype, device=t.device)
     s = 1
     for j in range(k):
         g = kk // (2 * s)
-        tj = t[:, j].view(s_, g, s, 2, 2, b_)  # [.., g, r, o, i, B]
-        sub = z.view(s_, g, 2, s, s, b_)  # [.., g, i, r, c, B]: the two (s, s) blocks
+        tj = t[:, j].reshape(s_, g, s, 2, 2, b_)  # [.., g, r, o, i, B]
+        sub = z.reshape(s_, g, 2, s, s, b_)  # [.., g, i, r, c, B]: the two (s, s) blocks
         if keep is not None:
             keep.append(z)
-        new = torch.empty(s_, g, 2, s, 2, s, b_, dtype=t.dtype, device=t.device)  # [.., g, o, r, i, c, B]
-        torch.mul(tj.permute(0, 1, 3, 2, 4, 5).unsqueeze(5), sub.permute(0, 1, 3, 2, 4, 5).unsqueeze(2), out=new)
-        z = new.view(s_, g, 2 * s, 2 * s, b_)
+        a, b = tj.permute(0, 1, 3, 2, 4, 5).unsqueeze(5), sub.permute(0, 1, 3, 2, 4, 5).unsqueeze(2)
+        if plain:
+            new = a * b
+        else:
+            new = torch.empty(s_, g, 2, s, 2, s, b_, dtype=t.dtype, device=t.device)  # [.., g, o, r, i, c, B]
+            torch.mul(a, b, out=new)
+        z = new.reshape(s_, g, 2 * s, 2 * s, b_)
         s *= 2
-    return z.view(s_, kk, kk, b_)
+    return z.reshape(s_, kk, kk, b_)
 
 
 class _DoublingFn(torch.autograd.Function):
@@ -323,21 +328,11 @@ class _DoublingFn(torch.autograd.Function):
 
 def _doubling_reference(t: torch.Tensor) -> torch.Tensor:
     """``_DoublingFn`` as plain differentiable ops (torch.func transforms, second-order gradients)."""
-    s_, k, b_ = t.shape[0], t.shape[1], t.shape[-1]
-    kk = 2 * t.shape[2]
-    z = torch.ones(s_, kk, 1, 1, b_, dtype=t.dtype, device=t.device)
-    s = 1
-    for j in range(k):
-        g = kk // (2 * s)
-        tj = t[:, j].reshape(s_, g, s, 2, 2, b_)
-        sub = z.reshape(s_, g, 2, s, s, b_)
-        z = (tj.permute(0, 1, 3, 2, 4, 5).unsqueeze(5) * sub.permute(0, 1, 3, 2, 4, 5).unsqueeze(2)).reshape(s_, g, 2 * s, 2 * s, b_)
-        s *= 2
-    return z.reshape(s_, kk, kk, b_).permute(0, 3, 1, 2)
+    return _doubling_levels(t, None, plain=True).permute(0, 3, 1, 2)
 
 
 def _doubling(t: torch.Tensor) -> torch.Tensor:
-    if in_functorch() or (torch.is_grad_enabled() and t.requires_grad and torch.is_inference_mode_enabled()):
+    if in_functorch():
         return _doubling_reference(t)
     if torch.is_grad_enabled() and t.requires_grad:
         return _DoublingFn.apply(t)
@@ -905,14 +900,20 @@ class _KmatrixRowsFn(torch.autograd.Function):
         return _single_threaded(run, gy), None, None, None, None
 
 
+def _use_workers(like: torch.Tensor) -> bool:
+    """Whether work on ``like``'s device goes to the calling thread's single-threaded workers: CPU
+    tensors, more than one thread, and neither torch.compile nor a torch.func transform tracing."""
+    return (not torch.compiler.is_compiling() and like.device.type == "cpu" and not in_functorch()
+            and torch.get_num_threads() > 1)
+
+
 def run_parallel(fns, like: torch.Tensor) -> list:
     """``[f() for f in fns]``, the calls side by side on the calling thread's single-threaded workers
     when it runs more than one thread on CPU tensors (the front end's stages are multiplied out
     concurrently: each is a few dozen small ops, better one per core than each op split over the
     cores).  The caller's grad mode (and inference mode) hold in the workers.  Inline under
     torch.compile, torch.func transforms, on other devices or with one thread."""
-    if (torch.compiler.is_compiling() or len(fns) < 2 or like.device.type != "cpu" or in_functorch()
-            or torch.get_num_threads() <= 1):
+    if len(fns) < 2 or not _use_workers(like):
         return [f() for f in fns]
     grad = torch.is_grad_enabled()
 
@@ -927,8 +928,8 @@ def _single_threaded(fn, like: torch.Tensor):
     """``fn()`` on one of the calling thread's single-threaded workers when it runs more than one
     thread (CPU tensors only): a stage's product is a few dozen small ops, and a multi-threaded small
     op waits for every thread, which another process on the cores can stall (docs/BENCHMARKS.md,
-    "Figures behind code choices").  Inline otherwise, and inside a worker already."""
-    if torch.get_num_threads() <= 1 or like.device.type != "cpu":
+    "Figures behind code choices").  Inline otherwise (``_use_workers``), and inside a worker already."""
+    if not _use_workers(like):
         return fn()
     return _map_chunks(lambda _: fn(), [0])[0]
 
