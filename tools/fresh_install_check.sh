@@ -9,7 +9,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-VENV=${1:-$(mktemp -d)/venv}
+if [ $# -ge 1 ]; then
+    VENV=$1
+else
+    # A throwaway venv holds a full torch install (about 5.5 GB): remove it however the check ends,
+    # or repeated runs fill the disk (they did: CI then failed with "No space left on device").
+    TMP=$(mktemp -d)
+    trap 'rm -rf "$TMP"' EXIT
+    VENV=$TMP/venv
+fi
+# pip's wheel cache would keep a second copy of every wheel it downloads.
+export PIP_NO_CACHE_DIR=1
 echo "== fresh install check in $VENV"
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
