@@ -537,7 +537,9 @@ class KaleidoscopeFrontend(_FrontendBase):
     @classmethod
     def from_transform(cls, module: nn.Module, **ours) -> "KaleidoscopeFrontend":
         """Copy the configuration (and the window, filterbank and DCT buffers themselves) of an
-        existing torchaudio MelSpectrogram or MFCC instance."""
+        existing torchaudio MelSpectrogram or MFCC instance.  ``ours`` takes our own keyword
+        arguments (``dtype``, ``trainable``, ``width`` ...); for an MFCC, ``log``, ``log_offset`` and
+        ``top_db`` are the instance's own and refused by name."""
         return cls(**conversions.transform_config(module, ours))
 
 
