@@ -36,12 +36,22 @@ declare -A SPEC=(
   # The front end's conversions only (the rest of frontend.py is the module's forward pass):
   # the from_* constructors and the helpers that turn their arguments into a configuration.
   [frontend]="kfrontend/conversions.py|tests/test_frontend_conversions.py tests/test_mutation_regressions.py|kfrontend.conversions.x__melspec_config__mutmut_* kfrontend.conversions.x__kaldi_config__mutmut_* kfrontend.conversions.x__librosa_config__mutmut_* kfrontend.conversions.x__split_kwargs__mutmut_* kfrontend.conversions.x_*_config__mutmut_*"
+  # The K-matrix stages (LinearStage, TwiddleOffset, _matrix_parts, the kfrontend::kmatrix_dense
+  # custom op and its backward, stage_matrix_parts, _packed_matrix): every function.  The front
+  # end's tests build and train stages; test_module_contract.py compiles them (the custom op);
+  # from test_cpu_paths.py (36 s in all) only its three stage tests.
+  [stages]="kfrontend/stages.py|tests/test_frontend.py tests/test_finetune.py tests/test_frontend_learning.py tests/test_module_contract.py tests/test_mutation_regressions.py tests/test_cpu_paths.py::test_dft_stage_packed_matrix_equals_its_parts tests/test_cpu_paths.py::test_front_end_stages_built_side_by_side_equal_one_thread tests/test_cpu_paths.py::test_training_path_keeps_every_tensor_on_the_module_device|"
+  # The front end's forward pass (the rest of frontend.py: the constructor's checks, set_trainable,
+  # param_groups, repr, the from_* wrappers, is not mutated): the pipeline helpers, the shared
+  # configuration properties (_FrontendBase), KaleidoscopeFrontend's forward / _spectrum_kernel /
+  # _stage_matrices / to_fixed, and FixedFrontend.
+  [forward]="kfrontend/frontend.py|tests/test_frontend.py tests/test_frontend_learning.py tests/test_module_contract.py tests/test_mutation_regressions.py|kfrontend.frontend.x__no_autocast__mutmut_* kfrontend.frontend.x__signal__mutmut_* kfrontend.frontend.x__frames_of__mutmut_* kfrontend.frontend.x__kaldi_energy__mutmut_* kfrontend.frontend.x__mel_energies__mutmut_* kfrontend.frontend.x__post_mel__mutmut_* kfrontend.frontend.x__window_scale__mutmut_* kfrontend.frontend.x__signal_and_energy__mutmut_* kfrontend.frontend.xǁ_FrontendBaseǁ*__mutmut_* kfrontend.frontend.xǁKaleidoscopeFrontendǁforward__mutmut_* kfrontend.frontend.xǁKaleidoscopeFrontendǁ_spectrum_kernel__mutmut_* kfrontend.frontend.xǁKaleidoscopeFrontendǁ_stage_matrices__mutmut_* kfrontend.frontend.xǁKaleidoscopeFrontendǁto_fixed__mutmut_* kfrontend.frontend.xǁKaleidoscopeFrontendǁparam_dtype__mutmut_* kfrontend.frontend.xǁFixedFrontendǁ*__mutmut_*"
   [phones]="recipes/timit/phones.py|tests/test_timit_phones.py|"
   [evaluate]="recipes/timit/evaluate.py|tests/test_mutation_regressions.py tests/test_timit_evaluate.py|"
   # The CTC decoders (greedy, prefix beam search) of the recipe's model.
   [decoder]="recipes/timit/model.py|tests/test_timit_model.py tests/test_mutation_regressions.py|recipes.timit.model.x_greedy_decode__mutmut_* recipes.timit.model.x_prefix_beam_decode__mutmut_* recipes.timit.model.x__logaddexp__mutmut_*"
 )
-ORDER=(functional dispatch constructions features frontend phones evaluate decoder)
+ORDER=(functional dispatch constructions features frontend stages forward phones evaluate decoder)
 
 # The whole run is one function, parsed before it starts: editing this file during a run (for the
 # next one) cannot change the run under way.
