@@ -29,7 +29,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rel(a, b) -> float:
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+    """max |a - b| / max |b| in double precision; complex tensors (the DFT stage's twiddle and its
+    gradient) compare as complex: ``.double()`` alone would drop their imaginary parts."""
+    a, b = (t.to(torch.complex128 if t.is_complex() else torch.float64) for t in (a, b))
+    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 @functools.lru_cache(maxsize=None)
