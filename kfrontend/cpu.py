@@ -348,7 +348,9 @@ def _all_pass_matrices(tw: torch.Tensor, spec, flip: bool = False) -> list[torch
     ``flip``: the passes of the transposed product (``transposed_twiddle(tw)``, whose stride order
     ``spec`` gives), read from ``tw`` itself."""
     n, nblocks, increasing_stride, split, in_f, out_f, real_first = spec
-    runs, jobs, index, inverse = _sweep_layout(n, nblocks, increasing_stride, split, flip)
+    # Dynamo traces through an lru_cache (and warns that it does): call the function itself there
+    layout = _sweep_layout.__wrapped__ if torch.compiler.is_compiling() else _sweep_layout
+    runs, jobs, index, inverse = layout(n, nblocks, increasing_stride, split, flip)
     flat = tw.reshape(-1)
     if in_functorch() or flat.device != index.device:
         gathered = flat[index.to(flat.device)]
