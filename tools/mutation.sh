@@ -22,7 +22,13 @@ WORK="${MUTATION_WORK:-/tmp/kfrontend-mutation}"
 JOBS="${JOBS:-2}"
 OUT="$WORK/results"
 
-# module -> "file to mutate|test files|mutant name patterns (empty: every function in the file)"
+# module -> "file to mutate|test files|mutant name patterns (empty: every function in the file)|tests
+# left out (pytest node ids, optional)"
+# Tests that torch.compile the mutated code: mutmut's coverage pass (its trampolines set a ContextVar,
+# which Dynamo refuses under fullgraph) fails on them, so they are left out; the custom op that
+# torch.compile runs is tested eagerly instead (tests/test_mutation_regressions.py, is_compiling
+# patched).
+NO_COMPILE="tests/test_frontend_learning.py::test_torch_compile_forward_and_backward tests/test_module_contract.py::test_torch_compile"
 declare -A SPEC=(
   # The reference product, its argument checks and dtype rules, the size helpers and the transposed
   # twiddle (the backend dispatch that uses them is the next entry).
@@ -38,14 +44,16 @@ declare -A SPEC=(
   [frontend]="kfrontend/conversions.py|tests/test_frontend_conversions.py tests/test_mutation_regressions.py|kfrontend.conversions.x__melspec_config__mutmut_* kfrontend.conversions.x__kaldi_config__mutmut_* kfrontend.conversions.x__librosa_config__mutmut_* kfrontend.conversions.x__split_kwargs__mutmut_* kfrontend.conversions.x_*_config__mutmut_*"
   # The K-matrix stages (LinearStage, TwiddleOffset, _matrix_parts, the kfrontend::kmatrix_dense
   # custom op and its backward, stage_matrix_parts, _packed_matrix): every function.  The front
-  # end's tests build and train stages; test_module_contract.py compiles them (the custom op);
-  # from test_cpu_paths.py (36 s in all) only its three stage tests.
-  [stages]="kfrontend/stages.py|tests/test_frontend.py tests/test_finetune.py tests/test_frontend_learning.py tests/test_module_contract.py tests/test_mutation_regressions.py tests/test_cpu_paths.py::test_dft_stage_packed_matrix_equals_its_parts tests/test_cpu_paths.py::test_front_end_stages_built_side_by_side_equal_one_thread tests/test_cpu_paths.py::test_training_path_keeps_every_tensor_on_the_module_device|"
+  # end's tests build and train stages (test_module_contract.py: copies, pickles, gradients);
+  # from test_cpu_paths.py (36 s in all) only the DFT stage's packed matrix: its two tests of the
+  # stages on 2 threads leave an OpenMP team in mutmut's parent process, and every forked mutant
+  # that then runs a multi-threaded op hangs in it.
+  [stages]="kfrontend/stages.py|tests/test_frontend.py tests/test_finetune.py tests/test_frontend_learning.py tests/test_module_contract.py tests/test_mutation_regressions.py tests/test_cpu_paths.py::test_dft_stage_packed_matrix_equals_its_parts||$NO_COMPILE"
   # The front end's forward pass (the rest of frontend.py: the constructor's checks, set_trainable,
   # param_groups, repr, the from_* wrappers, is not mutated): the pipeline helpers, the shared
   # configuration properties (_FrontendBase), KaleidoscopeFrontend's forward / _spectrum_kernel /
   # _stage_matrices / to_fixed, and FixedFrontend.
-  [forward]="kfrontend/frontend.py|tests/test_frontend.py tests/test_frontend_learning.py tests/test_module_contract.py tests/test_mutation_regressions.py|kfrontend.frontend.x__no_autocast__mutmut_* kfrontend.frontend.x__signal__mutmut_* kfrontend.frontend.x__frames_of__mutmut_* kfrontend.frontend.x__kaldi_energy__mutmut_* kfrontend.frontend.x__mel_energies__mutmut_* kfrontend.frontend.x__post_mel__mutmut_* kfrontend.frontend.x__window_scale__mutmut_* kfrontend.frontend.x__signal_and_energy__mutmut_* kfrontend.frontend.xǁ_FrontendBaseǁ*__mutmut_* kfrontend.frontend.xǁKaleidoscopeFrontendǁforward__mutmut_* kfrontend.frontend.xǁKaleidoscopeFrontendǁ_spectrum_kernel__mutmut_* kfrontend.frontend.xǁKaleidoscopeFrontendǁ_stage_matrices__mutmut_* kfrontend.frontend.xǁKaleidoscopeFrontendǁto_fixed__mutmut_* kfrontend.frontend.xǁKaleidoscopeFrontendǁparam_dtype__mutmut_* kfrontend.frontend.xǁFixedFrontendǁ*__mutmut_*"
+  [forward]="kfrontend/frontend.py|tests/test_frontend.py tests/test_frontend_learning.py tests/test_module_contract.py tests/test_mutation_regressions.py|kfrontend.frontend.x__no_autocast__mutmut_* kfrontend.frontend.x__signal__mutmut_* kfrontend.frontend.x__frames_of__mutmut_* kfrontend.frontend.x__kaldi_energy__mutmut_* kfrontend.frontend.x__mel_energies__mutmut_* kfrontend.frontend.x__post_mel__mutmut_* kfrontend.frontend.x__window_scale__mutmut_* kfrontend.frontend.x__signal_and_energy__mutmut_* kfrontend.frontend.xǁ_FrontendBaseǁ*__mutmut_* kfrontend.frontend.xǁKaleidoscopeFrontendǁforward__mutmut_* kfrontend.frontend.xǁKaleidoscopeFrontendǁ_spectrum_kernel__mutmut_* kfrontend.frontend.xǁKaleidoscopeFrontendǁ_stage_matrices__mutmut_* kfrontend.frontend.xǁKaleidoscopeFrontendǁto_fixed__mutmut_* kfrontend.frontend.xǁKaleidoscopeFrontendǁparam_dtype__mutmut_* kfrontend.frontend.xǁFixedFrontendǁ*__mutmut_*|$NO_COMPILE"
   [phones]="recipes/timit/phones.py|tests/test_timit_phones.py|"
   [evaluate]="recipes/timit/evaluate.py|tests/test_mutation_regressions.py tests/test_timit_evaluate.py|"
   # The CTC decoders (greedy, prefix beam search) of the recipe's model.
@@ -62,7 +70,7 @@ main() {
 
   for module in "${@:-${ORDER[@]}}"; do
     [[ -n "${SPEC[$module]:-}" ]] || { echo "unknown module $module (one of: ${ORDER[*]})" >&2; exit 2; }
-    IFS='|' read -r file tests names <<< "${SPEC[$module]}"
+    IFS='|' read -r file tests names skip <<< "${SPEC[$module]}"
     dir="$WORK/$module"
     rm -rf "$dir"
     mkdir -p "$dir"
@@ -82,6 +90,7 @@ main() {
       echo "pytest_add_cli_args ="
       echo "    -p"
       echo "    no:cacheprovider"
+      for t in $skip; do echo "    --deselect"; echo "    $t"; done
       # the git-based change detection and dependency cache are for incremental runs in a project;
       # each run here starts from a fresh copy
       echo "use_git_change_detection = false"
