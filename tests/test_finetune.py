@@ -1,6 +1,8 @@
 """Fine-tuning keeps the exact start: K-matrix stages learn an offset from their exact twiddles
 whose optimizer steps move each stage's matrix about as much as a step on a dense matrix
 (kfrontend.frontend.TwiddleOffset); the figures for every size are benchmarks/bench_drift.py's."""
+import math
+
 import pytest
 import torch
 
@@ -66,6 +68,23 @@ def test_offset_starts_at_zero_and_state_dicts_convert_both_ways():
     torch.testing.assert_close(back(x), ref, rtol=1e-5, atol=1e-6 * ref.abs().max().item())
 
 
+def test_plain_twiddle_checkpoint_loads_into_an_offset_front_end_on_another_device():
+    """A plain-twiddle checkpoint read on the CPU (``torch.load(..., map_location="cpu")``) loads
+    into an offset front end on another device: the twiddles are re-expressed as offsets on the
+    module's device.  The meta device stands in for a GPU (a CPU tensor mixed with a meta one
+    raises, as with CUDA); the offsets land on meta with the module's shapes and dtype."""
+    import warnings
+
+    plain = KF.from_mfcc(n_mfcc=5, step_scale=None, melkwargs=dict(n_fft=64, hop_length=32, n_mels=8))
+    fe = KF.from_mfcc(n_mfcc=5, melkwargs=dict(n_fft=64, hop_length=32, n_mels=8)).to("meta")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "copying from a non-meta parameter ... is a no-op"
+        fe.load_state_dict(plain.state_dict())
+    for s in ("dft", "mel", "dct"):
+        delta, tw = getattr(fe, s).param, getattr(plain, s).k.twiddle
+        assert delta.device.type == "meta" and delta.shape == tw.shape and delta.dtype == tw.dtype, s
+
+
 def test_weight_decay_pulls_toward_the_exact_start():
     """With the offset as the parameter, decoupled weight decay (AdamW) shrinks the change from
     the exact start, not the twiddles themselves."""
@@ -82,6 +101,29 @@ def test_weight_decay_pulls_toward_the_exact_start():
         opt.step()
     d5 = (fe.dft.dense() - w0).norm()
     assert d5 < 0.7 * d0  # (1 - 0.1)^5 = 0.59 to first order
+
+
+def test_twiddle_offset_scale_is_step_scale_times_magnitude_over_the_factor_count():
+    """``scale = step_scale * (|twiddle0| + 1e-3) / L``, L = nblocks * log2 N the number of factors,
+    in the twiddles' real dtype, computed here from the module's nblocks and size; ``twiddle =
+    twiddle0 + scale * delta`` and ``right_inverse`` undoes it (float64, 1e-12).  The DFT's
+    K-matrix has 3 blocks and the mel bank's 2, so a count from another dimension is seen."""
+    from kfrontend import constructions as C
+
+    import torchaudio
+
+    fb = torchaudio.functional.melscale_fbanks(33, 0.0, 8000.0, 6, 16000).double()
+    g = torch.Generator().manual_seed(6)
+    for k in (C.dft(16, onesided=True, dtype=torch.complex128), C.mel(fb, dtype=torch.float64)):
+        tw0 = k.twiddle.detach()
+        n_factors = k.nblocks * int(math.log2(k.size))
+        off = TwiddleOffset(tw0, 0.3)
+        assert off.scale.dtype == torch.float64 and off.scale.shape == tw0.shape
+        assert (off.scale - 0.3 * (tw0.abs() + 1e-3) / n_factors).abs().max() <= 1e-15
+        delta = torch.randn(tw0.shape, dtype=torch.float64, generator=g).to(tw0.dtype)
+        tw = off(delta)
+        assert (tw - (tw0 + off.scale * delta)).abs().max() <= 1e-12
+        assert (off.right_inverse(tw) - delta).abs().max() <= 1e-12
 
 
 @pytest.mark.parametrize("bad", [0, -1.0, "big", True])

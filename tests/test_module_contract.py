@@ -250,6 +250,68 @@ def test_inference_mode_then_a_training_step(name):
         assert m.window.grad is not None
 
 
+def test_stage_products_are_cached_exactly_when_no_gradient_is_wanted(monkeypatch):
+    """A K-matrix stage's product (``LinearStage.weight_t``) is multiplied out once while no
+    gradient is wanted (no_grad, or every tensor of the stage frozen) and the stage's tensors hold
+    the same values, and recomputed whenever a gradient is wanted (a cached product carries none).
+    Counted by spying on the product (``stages.kmatrix_rows``); the values against the exact
+    filterbank (``ref_fb``, float32 <= 1e-6 absolute).  A stage moved to float64 recomputes in
+    float64: the cache compares dtypes, not only shapes and values (float32 values are exact in
+    float64)."""
+    from kfrontend import stages
+
+    calls = []
+    real = stages.kmatrix_rows
+    monkeypatch.setattr(stages, "kmatrix_rows", lambda *a, **k: calls.append(a[3:5]) or real(*a, **k))
+    fe = make("mfcc")
+    stage = fe.mel
+    with torch.no_grad():
+        a = stage.weight_t()
+        b = stage.weight_t()
+        assert stage.weight_t() is b  # the cached tensor itself
+        c = stage.weight_t(1, 20)  # another row window: a product of its own
+    assert len(calls) == 2 and torch.equal(b, a) and calls[1] == (1, 20)
+    assert (a - fe.ref_fb).abs().max() <= 1e-6 and torch.equal(c, stage.weight_t(1, 20).detach())
+    # a gradient wanted: computed every time, each with its graph to the stage's parameter
+    calls.clear()
+    grads = []
+    for _ in range(2):
+        w = stage.weight_t()
+        assert w.requires_grad and w.grad_fn is not None
+        (g,) = torch.autograd.grad(w.square().sum(), stage.param)
+        grads.append(g)
+    assert len(calls) == 2 and torch.equal(grads[0], grads[1]) and grads[0].abs().max() > 0
+    # frozen, gradients enabled: cached again
+    fe.set_trainable(False)
+    calls.clear()
+    first, second = stage.weight_t(), stage.weight_t()
+    assert stage.weight_t() is second and torch.equal(first, second) and len(calls) == 1
+    assert not second.requires_grad
+    # moved to float64 after a float32 product was cached
+    stage.double()
+    with torch.no_grad():
+        w64 = stage.weight_t()
+    assert w64.dtype == torch.float64 and len(calls) == 2
+    assert (w64 - fe.ref_fb.double()).abs().max() <= 1e-6
+
+
+def test_copies_of_a_front_end_with_plain_twiddles_and_no_grad_forward_of_a_copy():
+    """``step_scale=None`` (twiddles learned as they are, no TwiddleOffset): deepcopy and pickle
+    work and give the same features, and a copy's no-gradient forward (the product cache, which a
+    copy starts empty) equals the original's; likewise for the default TwiddleOffset stages."""
+    x = inputs("mfcc")
+    for step_scale in (None, "default"):
+        m = perturb(KF.from_mfcc(n_mfcc=5, step_scale=step_scale, melkwargs=MEL))
+        with torch.no_grad():
+            ref = m(x)  # (its product is cached now)
+        ref_grad = m(x)
+        for other in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+            assert other.dft._cache is None and other.mel._cache is None
+            with torch.no_grad():
+                assert torch.equal(other(x), ref)
+            assert torch.equal(other(x), ref_grad)
+
+
 # ---- aliasing -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("structure", ["dense", "kaleidoscope"])
 @pytest.mark.parametrize("source", ["mel", "mfcc"])

@@ -421,3 +421,175 @@ def test_power_mel_gradient_of_y_alone_and_create_graph_values():
     yy, mm = y.clone().requires_grad_(), mel.clone().requires_grad_()
     got_y, got_mel = torch.autograd.grad(Fe.power_mel(yy, mm, n, 2.0), (yy, mm), gout, create_graph=True)
     assert _rel(got_y, want_y) < 1e-12 and _rel(got_mel, want_mel) < 1e-12
+
+
+# ------------------------------------------------------------------------------------------------
+# K-matrix stages (kfrontend/stages.py): the multiplied-out matrix, eagerly and through the
+# kfrontend::kmatrix_dense custom op that torch.compile runs (mutation runs of stages.py).
+# ------------------------------------------------------------------------------------------------
+def _stage_modules():
+    """(K-matrix, its (out, in) matrix from an independent computation): a power-of-two and a
+    Bluestein one-sided DFT (torch.fft.rfft of the identity), a DCT (complex K-matrix, real output:
+    scipy.fft.dct of the identity) and a mel bank (real K-matrix: the bank itself)."""
+    fb = torchaudio.functional.melscale_fbanks(33, 0.0, 8000.0, 6, 16000).double()
+    return [
+        (C.dft(16, onesided=True, dtype=torch.complex128), torch.fft.rfft(torch.eye(16, dtype=torch.float64)).T),
+        (C.dft(12, onesided=True, dtype=torch.complex128), torch.fft.rfft(torch.eye(12, dtype=torch.float64)).T),
+        (C.dct(10, 6, dtype=torch.float64), torch.from_numpy(scipy.fft.dct(np.eye(10), norm="ortho")[:, :6]).T),
+        (C.mel(fb, dtype=torch.float64), fb.T),
+    ]
+
+
+@pytest.mark.parametrize("compiling", [False, True])
+def test_stage_matrix_parts_equal_the_transforms_eagerly_and_through_the_custom_op(compiling, monkeypatch):
+    """``stage_matrix_parts(k, start, stop)``: columns start:stop of the (out, in) matrix as (real,
+    imaginary or None), the whole matrix by default.  ``compiling=True`` patches
+    torch.compiler.is_compiling so the branch torch.compile takes (the custom op
+    kfrontend::kmatrix_dense, its complex twiddle as view_as_real) runs eagerly: mutmut's
+    trampolines cannot run under torch.compile, so the compile tests cannot tell its mutants.
+    Reference: torch.fft.rfft / scipy.fft.dct / the bank, float64, <= 1e-12 absolute; the imaginary
+    part is None exactly for real matrices (the DCT's complex K-matrix has a real output)."""
+    from kfrontend.stages import stage_matrix_parts
+
+    if compiling:
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    for k, ref in _stage_modules():
+        n_in = ref.shape[1]
+        for args, cols in (((), slice(0, n_in)), ((1,), slice(1, n_in)), ((2, n_in - 3), slice(2, n_in - 3))):
+            re, im = stage_matrix_parts(k, *args)
+            want = ref[:, cols]
+            assert re.shape == want.shape and re.dtype == torch.float64, (k.in_features, args)
+            assert (re - want.real).abs().max() <= 1e-12, (k.in_features, args)
+            if ref.is_complex():
+                assert im is not None and (im - want.imag).abs().max() <= 1e-12, (k.in_features, args)
+            else:
+                assert im is None
+
+
+def test_kmatrix_dense_custom_op_gradient_by_finite_differences():
+    """The custom op's backward (kfrontend::kmatrix_dense_backward: torch.func.vjp of the product)
+    against central finite differences (torch.autograd.gradcheck, float64, its default tolerances
+    atol 1e-5 / rtol 1e-3), for a random complex twiddle (as view_as_real, both parts of the
+    output, a cut column window) and a real one with decreasing strides (one part).  A wrong
+    backward (another stride order, another window, the parts swapped) fails."""
+    from kfrontend.stages import _kmatrix_dense_op
+
+    g = torch.Generator().manual_seed(11)
+    tw_c = torch.view_as_real(torch.randn(1, 2, 3, 4, 2, 2, dtype=torch.complex128, generator=g)).requires_grad_()
+    tw_r = torch.randn(1, 2, 3, 4, 2, 2, dtype=torch.float64, generator=g).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: _kmatrix_dense_op(t, 6, 1, 7, True, True, False), (tw_c,))
+    assert torch.autograd.gradcheck(lambda t: _kmatrix_dense_op(t, 5, 0, 8, False, False, False), (tw_r,))
+    # real_output: the real part only, one part
+    y = _kmatrix_dense_op(tw_c, 6, 0, 8, True, True, True)
+    assert y.shape == (1, 6, 8)
+    assert torch.autograd.gradcheck(lambda t: _kmatrix_dense_op(t, 6, 0, 8, True, True, True), (tw_c,))
+
+
+def _mfcc64(**kw):
+    from kfrontend import KaleidoscopeFrontend
+
+    return KaleidoscopeFrontend.from_mfcc(n_mfcc=5, dtype=torch.float64, melkwargs=dict(n_fft=64, hop_length=32, n_mels=8),
+                                          **kw)
+
+
+@pytest.mark.parametrize("compiling", [False, True])
+def test_stage_weight_t_rows_equal_the_transforms(compiling, monkeypatch):
+    """``LinearStage.weight_t(start, stop)``: rows start:stop of the (in, out) matrix, the DFT stage's
+    as the real ``[Re | Im]`` (packed in one copy eagerly; from the custom op's two parts with
+    ``compiling=True``, torch.compiler.is_compiling patched), against torch.fft.rfft of the
+    identity, the bank and scipy's DCT, float64 <= 1e-12 absolute."""
+    if compiling:
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    fe = _mfcc64()
+    dft = torch.fft.rfft(torch.eye(64, dtype=torch.float64))
+    dct = torch.from_numpy(scipy.fft.dct(np.eye(8), norm="ortho")[:, :5])
+    for start, stop in ((0, 64), (3, 50)):
+        w = fe.dft.weight_t(start, stop)
+        assert w.shape == (stop - start, 66)
+        assert (w - torch.cat((dft.real, dft.imag), dim=1)[start:stop]).abs().max() <= 1e-12
+    assert (fe.mel.weight_t() - fe.ref_fb).abs().max() <= 1e-12
+    assert (fe.dct.weight_t() - dct).abs().max() <= 1e-12
+
+
+@pytest.mark.parametrize("structure", ["kaleidoscope", "dense"])
+def test_linear_stage_forward_applies_its_matrix(structure):
+    """``LinearStage.forward`` (the stages applied to activations: the kernel path, or a stage used
+    on its own): the DFT stage gives torch.fft.rfft (complex), the mel stage ``x @ fb``, the DCT stage
+    ``x @ dct`` (real; ``dct`` is torchaudio's float32 DCT matrix, which the K-matrix reproduces to
+    float32 rounding: 1e-6), for a float64 front end, K-matrix and dense alike; a float32 input
+    works too (a dense stage casts its weight to the input's dtype and returns that dtype).
+    Tolerances: float64 1e-10, float32 input 1e-5, relative to the largest entry."""
+    fe = _mfcc64(structure=structure)
+    g = torch.Generator().manual_seed(5)
+    x, m, d = (torch.randn(3, n, dtype=torch.float64, generator=g) for n in (64, 33, 8))
+    refs = (torch.fft.rfft(x), m @ fe.ref_fb, d @ fe.ref_dct)
+    for stage, inp, ref in zip((fe.dft, fe.mel, fe.dct), (x, m, d), refs):
+        for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
+            y = stage(inp.to(dtype))
+            assert y.is_complex() == ref.is_complex() and y.shape == ref.shape, (stage.name, dtype)
+            if structure == "dense":
+                assert (y.real.dtype if y.is_complex() else y.dtype) == dtype, (stage.name, dtype)
+            tol = max(tol, 1e-6) if stage.name == "dct" else tol
+            assert _rel(y.to(ref.dtype), ref) <= tol, (stage.name, dtype)
+
+
+def test_random_init_redraws_every_stage_with_the_documented_variance():
+    """``init="random"``: every K-matrix stage's twiddles redrawn (``kfrontend.layers.twiddle_init``
+    "randn"): real entries N(0, 1/2), complex ones with real and imaginary parts N(0, 1/4) each,
+    drawn in the module's dtype (a float64 front end's are not float32 numbers).  At least 1500
+    entries per stage (and part): the sample variance's standard error is <= 0.019 at 1/2, the
+    tolerance 0.06; the exact constructions' twiddles are mostly 0, 1 and roots of unity."""
+    torch.manual_seed(3)
+    from kfrontend import KaleidoscopeFrontend
+
+    fe = KaleidoscopeFrontend.from_mfcc(n_mfcc=13, init="random", dtype=torch.float64,
+                                        melkwargs=dict(n_fft=512, hop_length=160, n_mels=40))
+    exact = KaleidoscopeFrontend.from_mfcc(n_mfcc=13, dtype=torch.float64, melkwargs=dict(n_fft=512, hop_length=160, n_mels=40))
+    for name in ("dft", "mel", "dct"):
+        tw, tw0 = getattr(fe, name).k.twiddle.detach(), getattr(exact, name).k.twiddle.detach()
+        assert tw.shape == tw0.shape and tw.dtype == tw0.dtype, name
+        parts = (tw.real, tw.imag) if tw.is_complex() else (tw,)
+        want = 0.25 if tw.is_complex() else 0.5
+        for part in parts:
+            assert part.numel() >= 1500
+            assert abs(part.mean().item()) <= 0.05 and abs(part.var().item() - want) <= 0.06, (name, part.var())
+            assert (part.float().double() != part).float().mean() > 0.99, name  # float64 draws
+
+
+def test_linear_stage_built_directly_with_its_defaults():
+    """``LinearStage`` used on its own (it is public): with the default backend a K-matrix stage
+    applies its construction (torch.fft.rfft, float64 1e-10 relative), has no ``weight``, and names
+    itself and its structure in its repr; a dense stage's weight is the target in the given dtype
+    (a float32 target, dtype float64: the float64 copy of its values), laid out contiguously, real
+    ``[Re | Im]`` for a complex target."""
+    from kfrontend.stages import LinearStage
+
+    target = torch.fft.rfft(torch.eye(16, dtype=torch.float64))  # (in, out) = (16, 9)
+    k = LinearStage("dft", target, structure="kaleidoscope", init="exact", width=0,
+                    build=lambda: C.dft(16, onesided=True, dtype=torch.complex128), dtype=torch.float64)
+    x = torch.randn(4, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    assert _rel(k(x), torch.fft.rfft(x)) <= 1e-10
+    assert k.weight is None and k.param is k.k.twiddle  # (step_scale=None: the twiddles themselves)
+    assert "name='dft'" in repr(k) and "structure='kaleidoscope'" in repr(k)
+    fb = torchaudio.functional.melscale_fbanks(9, 0.0, 8000.0, 4, 16000)  # float32
+    d = LinearStage("mel", fb, structure="dense", init="exact", width=0, build=None, dtype=torch.float64)
+    assert d.weight.dtype == torch.float64 and torch.equal(d.weight, fb.double())
+    assert "structure='dense'" in repr(d)
+    dc = LinearStage("dft", target.T.contiguous().T, structure="dense", init="exact", width=0, build=None,
+                     dtype=torch.float64)
+    assert dc.weight.is_contiguous() and torch.equal(dc.weight, torch.cat((target.real, target.imag), dim=1))
+
+
+def test_dense_random_init_has_variance_one_over_in_features():
+    """``structure="dense", init="random"``: each stage's weight redrawn N(0, 1/in_features), same
+    shape as the exact matrix (the DFT's real [Re | Im]).  At least 1000 entries per stage: the
+    sample variance's standard error is <= 4.5% of 1/in; the tolerance 20%."""
+    torch.manual_seed(4)
+    from kfrontend import KaleidoscopeFrontend
+
+    fe = KaleidoscopeFrontend.from_mfcc(n_mfcc=13, structure="dense", init="random",
+                                        melkwargs=dict(n_fft=256, hop_length=160, n_mels=40))
+    for stage, shape in ((fe.dft, (256, 2 * 129)), (fe.mel, (129, 40)), (fe.dct, (40, 13))):
+        w = stage.weight.detach()
+        assert w.shape == shape and w.numel() >= 500, stage.name
+        assert abs(w.var().item() * shape[0] - 1) <= 0.2, (stage.name, w.var().item() * shape[0])
