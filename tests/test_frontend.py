@@ -224,6 +224,7 @@ KALDI_CASES = [
     dict(num_mel_bins=40, use_power=False, window_type="rectangular", snip_edges=False),
     dict(num_mel_bins=40, use_energy=True, subtract_mean=True),
     dict(num_mel_bins=40, use_energy=True, raw_energy=False, htk_compat=True, energy_floor=0.0),
+    dict(num_mel_bins=40, use_energy=True, raw_energy=False, remove_dc_offset=False),
     dict(num_mel_bins=30, vtln_warp=0.9, vtln_low=200.0, vtln_high=-800.0),
     dict(num_mel_bins=24, sample_frequency=8000.0, low_freq=60.0, high_freq=3700.0),
     dict(num_mel_bins=40, use_log_fbank=False),

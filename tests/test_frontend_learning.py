@@ -127,6 +127,103 @@ def test_precut_frames(batch):
     assert rel(fk(kf, framed=True)[0], rk) <= 1e-9
 
 
+@pytest.mark.parametrize("path", ["matrix", "kernel"])
+def test_precut_frames_and_nested_batches_with_kaldi_energy(path, batch):
+    """Kaldi fbank with the energy of the windowed, pre-emphasised frame (``raw_energy=False``) on
+    both paths: a (3, 1, time) batch and pre-cut frames (3, frames, 400), also nested (3, 1, ...),
+    give torchaudio's kaldi.fbank of each signal, float64 1e-9."""
+    kw = dict(num_mel_bins=23, use_energy=True, raw_energy=False)
+    with default_dtype(torch.float64):
+        fe = KF.from_kaldi_fbank(dtype=torch.float64, path=path, **kw)
+        ref = torch.stack([kaldi.fbank(s[None], **kw) for s in batch])
+    n = ref.shape[1]
+    assert rel(fe(batch[:, None]), ref[:, None]) <= 1e-9
+    kf = torch.stack([batch[:, t * 160: t * 160 + 400] for t in range(n)], dim=1)
+    assert rel(fe(kf, framed=True), ref) <= 1e-9
+    assert rel(fe(kf[:, None], framed=True), ref[:, None]) <= 1e-9
+
+
+@pytest.mark.parametrize("which", ["fixed", "kernel"])
+def test_fixed_and_kernel_path_take_precut_frames_and_lengths(which, batch):
+    """``to_fixed()`` and the kernel path keep the forward's options: pre-cut frames
+    (``framed=True``) and ``lengths`` (Kaldi with ``subtract_mean``: the mean over each item's valid
+    frames only) against torchaudio's kaldi.fbank of each item's valid samples, float64 1e-9; the
+    frame counts returned.  (20 bins: 23 would equal the 23 frames of a full item, and a mask
+    built over the bins instead of the frames would go unseen.)"""
+    kw = dict(num_mel_bins=20, subtract_mean=True)
+    with default_dtype(torch.float64):
+        fe = KF.from_kaldi_fbank(dtype=torch.float64, path="matrix" if which == "fixed" else "kernel", **kw)
+        fx = fe.to_fixed() if which == "fixed" else fe
+        ref = torch.stack([kaldi.fbank(s[None], **kw) for s in batch])
+    n = ref.shape[1]
+    kf = torch.stack([batch[:, t * 160: t * 160 + 400] for t in range(n)], dim=1)
+    assert rel(fx(kf, framed=True), ref) <= 1e-9
+    lengths = torch.tensor([4000, 2500, 1700])
+    out, n_frames = fx(batch, lengths=lengths)
+    for i, length in enumerate(lengths.tolist()):
+        with default_dtype(torch.float64):
+            r = kaldi.fbank(batch[i: i + 1, :length], **kw)
+        assert n_frames[i] == r.shape[0]
+        assert rel(out[i, : r.shape[0]], r) <= 1e-9
+
+
+@pytest.mark.parametrize("frames_op", ["auto", "conv", "unfold"])
+def test_frames_op_option_picks_the_framing_kernel(frames_op, monkeypatch):
+    """``frames_op``: on the CPU "auto" and "conv" frame and multiply by a strided conv1d, "unfold"
+    by unfold + matmul (``features.frames_matmul``); a spy counts the conv1d calls.  The features
+    agree to 1e-5 relative (float32) either way."""
+    calls = []
+    real = Fe.F.conv1d
+    monkeypatch.setattr(Fe.F, "conv1d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.randn(2, 800, generator=torch.Generator().manual_seed(3))
+    fe = KF.from_mfcc(n_mfcc=5, frames_op=frames_op, melkwargs=dict(n_fft=64, hop_length=32, n_mels=8))
+    y = fe(x)
+    assert len(calls) == (0 if frames_op == "unfold" else 1)
+    assert rel(y, KF.from_mfcc(n_mfcc=5, frames_op="unfold", melkwargs=dict(n_fft=64, hop_length=32, n_mels=8))(x)) <= 1e-5
+
+
+def test_log_floor_is_applied(batch):
+    """``log="log"`` with a ``log_floor`` (the generic constructor's): ``log(max(mel + log_offset,
+    log_floor))``, against torchaudio's MelSpectrogram floored by hand, float64 1e-9, on a quiet
+    signal whose mel energies straddle the floor (asserted, so the floor changes the result)."""
+    kw = dict(n_fft=256, hop_length=80, n_mels=24)
+    x = batch * 1e-2
+    with default_dtype(torch.float64):
+        ta = torchaudio.transforms.MelSpectrogram(**kw)
+        mel = ta(x)
+        fe = KF(n_fft=256, win_length=256, hop_length=80, window=ta.spectrogram.window, fb=ta.mel_scale.fb,
+                dtype=torch.float64, log="log", log_offset=1e-6, log_floor=1e-4)
+    assert (mel + 1e-6 < 1e-4).any() and (mel + 1e-6 > 1e-4).any()
+    assert rel(fe(x), torch.clamp(mel + 1e-6, min=1e-4).log()) <= 1e-9
+
+
+@pytest.mark.parametrize("structure", ["kaleidoscope", "dense"])
+def test_path_option_picks_what_runs(structure, monkeypatch):
+    """``path``: "auto" and "matrix" multiply the stages out (``LinearStage.weight_t``) and never
+    apply them to activations (``LinearStage.forward``); "kernel" does the opposite for K-matrix
+    stages, and dense stages always take the matrix path.  (The numbers agree either way; the
+    option decides the computation, e.g. the fused kernel on a GPU.)  Spies count the calls."""
+    from kfrontend import stages
+
+    calls = {"weight_t": 0, "forward": 0}
+    for meth in calls:
+        real = getattr(stages.LinearStage, meth)
+
+        def spy(self, *a, _real=real, _m=meth, **k):
+            calls[_m] += 1
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(stages.LinearStage, meth, spy)
+    x = torch.randn(1, 800, generator=torch.Generator().manual_seed(3))
+    for path in ("auto", "matrix", "kernel"):
+        fe = KF.from_mfcc(n_mfcc=5, structure=structure, path=path, melkwargs=dict(n_fft=64, hop_length=32, n_mels=8))
+        calls.update(weight_t=0, forward=0)
+        fe(x)
+        kernel = path == "kernel" and structure == "kaleidoscope"
+        assert (calls["weight_t"] == 0) == kernel and (calls["forward"] == 3) == kernel, (path, calls)
+        assert calls["weight_t"] in (0, 3) and calls["forward"] in (0, 3), (path, calls)
+
+
 # ------------------------------------------------------------------------------------------------
 # Structure, init, width, kernel path
 # ------------------------------------------------------------------------------------------------

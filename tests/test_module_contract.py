@@ -210,6 +210,28 @@ def test_state_dicts_from_before_the_configuration_load(name):
     assert torch.equal(run(fresh, x), run(m, x))
 
 
+def test_state_dict_configuration_names_n_mels_and_n_out_and_leaves_out_frames_op():
+    """Front ends whose stages have the same tensor shapes but another n_mels or n_out (K-matrix
+    sizes are padded to powers of two) refuse each other's state_dicts, naming the difference,
+    for the learnable and the fixed module; ``frames_op`` only picks a kernel, so a state_dict of
+    a "conv" front end loads into an "unfold" one and gives the same features (1e-6 relative)."""
+    a, b = KF.from_mfcc(n_mfcc=5, melkwargs=MEL), KF.from_mfcc(n_mfcc=6, melkwargs=MEL)
+    c, d = (KF.from_melspectrogram(**dict(MEL, n_mels=n)) for n in (7, 8))
+    for src, dst, key in ((a, b, "n_out: 5 there, 6 here"), (c, d, "n_mels: 7 there, 8 here")):
+        assert {k: v.shape for k, v in src.state_dict().items()} == {k: v.shape for k, v in dst.state_dict().items()}
+        with pytest.raises(ValueError, match=f"another configuration.*{key}"):
+            dst.load_state_dict(src.state_dict())
+    fx = a.to_fixed()
+    assert (fx.n_mels, fx.n_out) == (8, 5) and (c.to_fixed().n_mels, c.to_fixed().n_out) == (7, 7)
+    with pytest.raises(ValueError, match="another configuration.*n_out: 5 there, 6 here"):
+        b.to_fixed().load_state_dict(fx.state_dict())
+    x = inputs("mfcc")
+    conv = perturb(KF.from_mfcc(n_mfcc=5, frames_op="conv", melkwargs=MEL))
+    unfold = KF.from_mfcc(n_mfcc=5, frames_op="unfold", melkwargs=MEL)
+    unfold.load_state_dict(conv.state_dict())
+    assert rel(unfold(x), conv(x)) <= 1e-6
+
+
 # ---- caches -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ALL)
 def test_no_grad_forward_sees_data_writes(name):
@@ -473,7 +495,8 @@ def test_torchscript_is_refused_with_the_supported_route(name):
     m = make(name)
     with pytest.raises(RuntimeError, match="does not support TorchScript.*to_fixed\\(\\).*torch.export"):
         torch.jit.script(m)
-    with pytest.raises(RuntimeError, match="does not support TorchScript.*to_fixed\\(\\).*torch.export"):
+    who = type(m).__name__ if name in FRONTENDS else ""  # a front end's message names its class
+    with pytest.raises(RuntimeError, match=f"{who} does not support TorchScript.*to_fixed\\(\\).*torch.export"):
         torch.jit.trace(m, (inputs(name),))
 
 

@@ -575,9 +575,11 @@ def test_linear_stage_built_directly_with_its_defaults():
     d = LinearStage("mel", fb, structure="dense", init="exact", width=0, build=None, dtype=torch.float64)
     assert d.weight.dtype == torch.float64 and torch.equal(d.weight, fb.double())
     assert "structure='dense'" in repr(d)
-    dc = LinearStage("dft", target.T.contiguous().T, structure="dense", init="exact", width=0, build=None,
-                     dtype=torch.float64)
-    assert dc.weight.is_contiguous() and torch.equal(dc.weight, torch.cat((target.real, target.imag), dim=1))
+    fb_t = fb.double().T.contiguous().T  # a transposed view, e.g. librosa's bank ``.T``
+    dt = LinearStage("mel", fb_t, structure="dense", init="exact", width=0, build=None, dtype=torch.float64)
+    assert not fb_t.is_contiguous() and dt.weight.is_contiguous() and torch.equal(dt.weight, fb_t)
+    dc = LinearStage("dft", target, structure="dense", init="exact", width=0, build=None, dtype=torch.float64)
+    assert torch.equal(dc.weight, torch.cat((target.real, target.imag), dim=1))
 
 
 def test_dense_random_init_has_variance_one_over_in_features():
