@@ -6,6 +6,7 @@ Signals are short (a fraction of a second) so that the file stays fast on two sh
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
@@ -158,13 +159,81 @@ def test_fixed_and_kernel_path_take_precut_frames_and_lengths(which, batch):
     n = ref.shape[1]
     kf = torch.stack([batch[:, t * 160: t * 160 + 400] for t in range(n)], dim=1)
     assert rel(fx(kf, framed=True), ref) <= 1e-9
-    lengths = torch.tensor([4000, 2500, 1700])
+    lengths = torch.tensor([4000, 2500, 450])  # the last item: one frame, its features all 0
+    # nested (3, 2, time): each row's second signal is another row's, with its length
+    x2, l2 = torch.stack((batch, batch.roll(1, 0)), dim=1), torch.stack((lengths, lengths.roll(1, 0)), dim=1)
+    out2, n2 = fx(x2, lengths=l2)
     out, n_frames = fx(batch, lengths=lengths)
     for i, length in enumerate(lengths.tolist()):
         with default_dtype(torch.float64):
             r = kaldi.fbank(batch[i: i + 1, :length], **kw)
-        assert n_frames[i] == r.shape[0]
-        assert rel(out[i, : r.shape[0]], r) <= 1e-9
+        assert n_frames[i] == r.shape[0] == n2[i, 0] == n2[(i + 1) % 3, 1]
+        assert rel(out[i, : r.shape[0]], r) <= 1e-9 or (r.shape[0] == 1 and out[i, 0].abs().max() <= 1e-12)
+        for got in (out2[i, 0], out2[(i + 1) % 3, 1]):
+            assert (got[: r.shape[0]] - r).abs().max() <= 1e-9 * r.abs().max().clamp(min=1)
+
+
+def test_precut_frames_shapes_and_lengths_arguments(batch):
+    """``framed=True`` takes one signal's frames (n_frames, win_length) as well as a batch; fewer
+    than 2 dimensions are refused naming the expected shape, bad ``lengths`` naming ``lengths``
+    and integer frames naming ``frames``.  ``lengths`` may be a list (as for a waveform).  float64, 1e-12."""
+    with default_dtype(torch.float64):
+        fe = KF.from_kaldi_fbank(dtype=torch.float64, num_mel_bins=20)
+    kf = torch.stack([batch[:, t * 160: t * 160 + 400] for t in range(10)], dim=1)  # (3, 10, 400)
+    full = fe(kf, framed=True)
+    assert rel(fe(kf[1], framed=True), full[1]) <= 1e-12
+    with pytest.raises(ValueError, match=r"framed input must have shape \(\.\.\., n_frames, win_length=400\)"):
+        fe(kf[1, 0], framed=True)
+    for bad in (torch.tensor([10, 0, 3]), torch.tensor([10, 11, 3]), torch.tensor([10, 3])):
+        with pytest.raises(ValueError, match="^lengths must"):
+            fe(kf, lengths=bad, framed=True)
+    with pytest.raises(TypeError, match="^frames must be a floating point tensor"):  # not "waveform"
+        fe((kf * 1000).to(torch.int16), framed=True)
+    out, n = fe(batch, lengths=[4000, 2500, 1000])
+    want, n_t = fe(batch, lengths=torch.tensor([4000, 2500, 1000]))
+    assert torch.equal(n, n_t) and torch.equal(out, want)
+
+
+def test_one_sample_window_with_precut_frames_and_lengths():
+    """A front end with a one-sample window (win_length 1; the generic constructor): each frame's
+    spectrum is flat, ``|X_k|^2 = x^2``, so the mel energies are ``x^2`` times each filter's sum;
+    pre-cut frames (..., n_frames, 1) with lengths give that and the lengths back (float64 1e-12)."""
+    fb = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]], dtype=torch.float64)
+    fe = KF(n_fft=4, win_length=1, hop_length=1, window=torch.ones(1, dtype=torch.float64), fb=fb, center=False,
+            dtype=torch.float64)
+    frames = torch.randn(2, 5, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    y, n = fe(frames, lengths=torch.tensor([5, 3]), framed=True)
+    assert n.tolist() == [5, 3]
+    assert (y - (frames.square() * fb.sum(0)).transpose(-1, -2)).abs().max() <= 1e-12
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda", "xpu", "mps", "meta"])
+def test_stages_run_without_autocast_on_every_autocast_device(device, monkeypatch):
+    """The front end disables autocast around its stages on every device type torch.autocast
+    knows (cpu, cuda, xpu, mps), so a bf16 / fp16 autocast region cannot lower their precision;
+    other devices (meta) get no context.  On this machine only the CPU exists: the contexts
+    entered are recorded from a stand-in input whose device reads as ``device`` (the front end's
+    private ``_no_autocast``); the CPU case is also run for real inside a bf16 autocast region
+    (float32 features within 1e-5 of the run outside it)."""
+    import types
+
+    from kfrontend import frontend
+
+    made = []
+    real = torch.autocast
+    monkeypatch.setattr(torch, "autocast", lambda **k: made.append(k) or contextlib.nullcontext())
+    ctx = frontend._no_autocast(types.SimpleNamespace(device=torch.device(device)))
+    monkeypatch.setattr(torch, "autocast", real)
+    if device == "meta":
+        assert made == [] and isinstance(ctx, contextlib.nullcontext)
+    else:
+        assert made == [dict(device_type=device, enabled=False)]
+    if device == "cpu":
+        fe = KF.from_mfcc(n_mfcc=5, melkwargs=dict(n_fft=64, hop_length=32, n_mels=8))
+        x = torch.randn(2, 800, generator=torch.Generator().manual_seed(3))
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+            y = fe(x)
+        assert y.dtype == torch.float32 and rel(y, fe(x)) <= 1e-5
 
 
 @pytest.mark.parametrize("frames_op", ["auto", "conv", "unfold"])
