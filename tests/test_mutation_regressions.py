@@ -464,6 +464,17 @@ def test_stage_matrix_parts_equal_the_transforms_eagerly_and_through_the_custom_
                 assert im is not None and (im - want.imag).abs().max() <= 1e-12, (k.in_features, args)
             else:
                 assert im is None
+        if compiling:
+            # What torch.compile traces: the op's fake (register_fake) under FakeTensorMode must
+            # give the real parts' dtypes and shapes (a complex twiddle passed as it is, not as
+            # view_as_real, would make the fake complex while the op returns real parts).
+            from torch._subclasses.fake_tensor import FakeTensorMode
+
+            with FakeTensorMode(allow_non_fake_inputs=True):
+                fake = stage_matrix_parts(k, 2, n_in - 3)
+            real = stage_matrix_parts(k, 2, n_in - 3)
+            assert [None if t is None else (t.dtype, t.shape) for t in fake] == [
+                None if t is None else (t.dtype, t.shape) for t in real], k.in_features
 
 
 def test_kmatrix_dense_custom_op_gradient_by_finite_differences():
