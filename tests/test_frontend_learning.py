@@ -159,6 +159,16 @@ def test_fixed_and_kernel_path_take_precut_frames_and_lengths(which, batch):
     n = ref.shape[1]
     kf = torch.stack([batch[:, t * 160: t * 160 + 400] for t in range(n)], dim=1)
     assert rel(fx(kf, framed=True), ref) <= 1e-9
+    # with frame counts as lengths; and an STFT front end's frames (here a waveform of 400 samples
+    # would be padded and framed again), against the learnable module's own pre-cut-frames path
+    out_f, n_f = fx(kf, lengths=torch.tensor([n, 5, 1]), framed=True)
+    assert n_f.tolist() == [n, 5, 1] and rel(out_f[0], ref[0]) <= 1e-9
+    with default_dtype(torch.float64):
+        mfcc = KF.from_mfcc(dtype=torch.float64, path="matrix" if which == "fixed" else "kernel", **SMALL_MFCC)
+        module = KF.from_mfcc(dtype=torch.float64, **SMALL_MFCC)
+    m = mfcc.to_fixed() if which == "fixed" else mfcc
+    frames = torch.randn(2, 7, SMALL["win_length"], dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    assert rel(m(frames, framed=True), module(frames, framed=True)) <= 1e-9
     lengths = torch.tensor([4000, 2500, 450])  # the last item: one frame, its features all 0
     # nested (3, 2, time): each row's second signal is another row's, with its length
     x2, l2 = torch.stack((batch, batch.roll(1, 0)), dim=1), torch.stack((lengths, lengths.roll(1, 0)), dim=1)
@@ -207,7 +217,8 @@ def test_one_sample_window_with_precut_frames_and_lengths():
     assert (y - (frames.square() * fb.sum(0)).transpose(-1, -2)).abs().max() <= 1e-12
 
 
-@pytest.mark.parametrize("device", ["cpu", "cuda", "xpu", "mps", "meta"])
+# (ids without the bare word "cuda": conftest skips tests with that keyword on machines without one)
+@pytest.mark.parametrize("device", ["cpu", "cuda", "xpu", "mps", "meta"], ids=lambda d: f"on_{d}")
 def test_stages_run_without_autocast_on_every_autocast_device(device, monkeypatch):
     """The front end disables autocast around its stages on every device type torch.autocast
     knows (cpu, cuda, xpu, mps), so a bf16 / fp16 autocast region cannot lower their precision;
