@@ -81,6 +81,8 @@ def check_lengths(lengths, x: torch.Tensor, name: str = "lengths") -> torch.Tens
     signal), integers in ``[1, x.shape[-1]]``.  Returned as int64 on x's device."""
     if not isinstance(lengths, torch.Tensor):
         lengths = torch.as_tensor(lengths)
+        if lengths.numel() == 0:  # an empty batch's [] reads as float32: no float value was given
+            lengths = lengths.long()
     if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor, got dtype {lengths.dtype}")
     if tuple(lengths.shape) != tuple(x.shape[:-1]):
@@ -179,8 +181,9 @@ def stft_padded(
     under the window's support, as torch.stft (after torchaudio's constant ``pad``) cuts them.
     ``shortest``: ``lengths.min()`` when the caller knows it on the host (no device sync)."""
     length = x.shape[-1]
-    if lengths is None or torch.compiler.is_compiling():
-        # The shortest item decides whether reflection is possible; checked on the batch length.
+    if lengths is None or lengths.numel() == 0 or torch.compiler.is_compiling():
+        # The shortest item decides whether reflection is possible; checked on the batch length
+        # (also for an empty batch, which has no shortest item and gives empty features).
         _check_stft_length(length, n_fft, center, pad_mode, pad, name)
     else:
         _check_stft_length(int(lengths.min()) if shortest is None else shortest, n_fft, center, pad_mode, pad, name)
@@ -247,8 +250,8 @@ def kaldi_padded(
     """The signal (..., span) whose ``unfold(-1, window_size, window_shift)`` are the frames exactly
     as torchaudio.compliance.kaldi cuts them (mirrored at the ends unless ``snip_edges``)."""
     length = x.shape[-1]
-    if lengths is None or torch.compiler.is_compiling():
-        shortest = length
+    if lengths is None or lengths.numel() == 0 or torch.compiler.is_compiling():
+        shortest = length  # (an empty batch has no shortest item: the batch length, as above)
     elif shortest is None:  # the caller may know it on the host (no device sync)
         shortest = int(lengths.min())
     if shortest < window_size:
@@ -484,7 +487,7 @@ def amplitude_to_db(
     x_db = multiplier * torch.log10(torch.clamp(x, min=amin))
     if db_multiplier != 0.0:
         x_db = x_db - multiplier * db_multiplier
-    if top_db is not None:
+    if top_db is not None and x_db.numel():  # (an empty batch has no maximum, and nothing to clamp)
         shape = x_db.shape
         packed = shape[-3] if x_db.dim() > 2 else 1
         packed_db = x_db.reshape(-1, packed, shape[-2], shape[-1])

@@ -104,6 +104,28 @@ def test_lengths_give_each_item_its_own_features(kind, kw, batch):
         assert rel(got, r) <= 1e-9
 
 
+EMPTY_CASES = LENGTH_CASES + [("mfcc", dict(n_mfcc=13, melkwargs=dict(n_fft=256, hop_length=80, n_mels=24)))]
+
+
+@pytest.mark.parametrize("kind,kw", EMPTY_CASES, ids=[f"{k}-{i}" for i, (k, _) in enumerate(EMPTY_CASES)])
+def test_an_empty_batch_gives_empty_features(kind, kw, batch):
+    """A batch of no signals (say a filtered DataLoader's last batch) gives features of shape
+    (0, *one signal's feature shape), with or without lengths ([] included), on the matrix path, the
+    kernel path and to_fixed(); the last case is the dB MFCC, whose top_db has no maximum to take.
+    (torchaudio fails here: torch.stft's padding and MKL's FFT refuse an empty batch.)"""
+    make = dict(mel=KF.from_melspectrogram, mfcc=KF.from_mfcc, kaldi=KF.from_kaldi_fbank)[kind]
+    fe = make(**kw)
+    one = fe(batch[:1, :4000].float())
+    empty = batch[:0, :4000].float()
+    for name, f in (("matrix", fe), ("kernel", make(path="kernel", **kw)), ("to_fixed", fe.to_fixed())):
+        y = f(empty)
+        assert y.shape == (0,) + one.shape[1:] and y.dtype == one.dtype, name
+        for lengths in (torch.zeros(0, dtype=torch.long), []):
+            y, n_frames = f(empty, lengths=lengths)
+            assert y.shape == (0,) + one.shape[1:] and n_frames.shape == (0,), (name, lengths)
+            assert n_frames.dtype == torch.long
+
+
 def test_precut_frames(batch):
     """``framed=True`` takes (..., frames, win_length) samples under the window; cut them by the
     torch.stft definition (reflect-pad n_fft // 2, frame t = padded[t hop + offset : ... + win])."""
