@@ -164,6 +164,16 @@ def _check_stft_length(length: int, n_fft: int, center: bool, pad_mode: str, pad
         )
 
 
+def _shortest(length: int, lengths: torch.Tensor | None, shortest: int | None) -> int:
+    """The shortest item's length, which the padded signals' length checks read: ``shortest`` when
+    the caller knows it on the host (no device sync), else ``lengths.min()``; the batch length
+    without lengths, for an empty batch (no shortest item: empty features) and under torch.compile
+    (reading the lengths would make the check data-dependent)."""
+    if lengths is None or lengths.numel() == 0 or torch.compiler.is_compiling():
+        return length
+    return int(lengths.min()) if shortest is None else shortest
+
+
 def stft_padded(
     x: torch.Tensor,
     *,
@@ -181,12 +191,8 @@ def stft_padded(
     under the window's support, as torch.stft (after torchaudio's constant ``pad``) cuts them.
     ``shortest``: ``lengths.min()`` when the caller knows it on the host (no device sync)."""
     length = x.shape[-1]
-    if lengths is None or lengths.numel() == 0 or torch.compiler.is_compiling():
-        # The shortest item decides whether reflection is possible; checked on the batch length
-        # (also for an empty batch, which has no shortest item and gives empty features).
-        _check_stft_length(length, n_fft, center, pad_mode, pad, name)
-    else:
-        _check_stft_length(int(lengths.min()) if shortest is None else shortest, n_fft, center, pad_mode, pad, name)
+    # The shortest item decides whether reflection is possible.
+    _check_stft_length(_shortest(length, lengths, shortest), n_fft, center, pad_mode, pad, name)
     half = n_fft // 2 if center else 0
     total = length + 2 * pad + 2 * half
     left = window_offset(n_fft, win_length)
@@ -250,10 +256,7 @@ def kaldi_padded(
     """The signal (..., span) whose ``unfold(-1, window_size, window_shift)`` are the frames exactly
     as torchaudio.compliance.kaldi cuts them (mirrored at the ends unless ``snip_edges``)."""
     length = x.shape[-1]
-    if lengths is None or lengths.numel() == 0 or torch.compiler.is_compiling():
-        shortest = length  # (an empty batch has no shortest item: the batch length, as above)
-    elif shortest is None:  # the caller may know it on the host (no device sync)
-        shortest = int(lengths.min())
+    shortest = _shortest(length, lengths, shortest)
     if shortest < window_size:
         # torchaudio asserts 2 <= window_size <= len(waveform), whatever snip_edges says.
         raise ValueError(

@@ -350,8 +350,7 @@ def _packed_matrix(module: nn.Module, start: int, stop: int):
     y = kmatrix_rows(tw, module.increasing_stride, module.out_features, start, stop)  # (rows, out)
     if not y.is_complex():
         return None
-    yt = y.transpose(0, 1)
-    yt = yt if yt.is_contiguous() else yt.contiguous()
+    yt = y.transpose(0, 1).contiguous()  # (a no-op where it already is)
     return torch.view_as_real(yt).permute(2, 0, 1).reshape(2 * yt.shape[0], yt.shape[1]).transpose(0, 1)
 
 
